@@ -1,0 +1,3 @@
+from diffrecon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The Algorithm contract: one update of a model from one batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from diffrecon.config import doc
+from diffrecon.models.base import ForwardModel, ParamSpec
+from diffrecon.registry import Registry
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    name: str = doc("gradient", "update rule: gradient (autograd optimisers), epie, rpie")
+    alpha: float = doc(0.1, "PIE object step/regularisation (ePIE alpha, rPIE alpha)")
+    beta: float = doc(1.0, "PIE probe step/regularisation")
+
+
+@dataclasses.dataclass
+class Batch:
+    """One minibatch: pattern indices (B,), measured counts (B, H, W) native, valid (H, W)."""
+
+    index: Tensor
+    measured: Tensor
+    valid: Tensor
+
+
+class Algorithm:
+    """Base class: ``step`` updates ``model`` from ``batch`` and returns the loss terms."""
+
+    def __init__(self, config: AlgorithmConfig) -> None:
+        self.config = config
+
+    def adjust_specs(self, specs: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        """Change the per-parameter plan this rule needs (e.g. PIE's unit-step SGD)."""
+        return specs
+
+    def init_state(self, model: ForwardModel) -> dict[str, Tensor]:
+        return {}
+
+    def step(self, model: ForwardModel, batch: Batch, objective: Any, plan: Any,
+             active: list[str], state: dict[str, Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+algorithms: Registry[type[Algorithm]] = Registry("algorithm")

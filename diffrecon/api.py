@@ -1,0 +1,228 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    >>> import diffrecon
+    >>> data = diffrecon.simulate("experiments/configs/ptycho_sim.toml")
+    >>> result = diffrecon.reconstruct(data, "ptycho", out="run1")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffrecon import config as cfg
+from diffrecon.algorithms.base import Algorithm, algorithms
+from diffrecon.data import cxi
+from diffrecon.data.container import DiffractionData
+from diffrecon.data.dataset import PatternBatches
+from diffrecon.data.results import write_results
+from diffrecon.data.simulate import simulators
+from diffrecon.errors import ConfigError
+from diffrecon.models.base import ForwardModel, models
+from diffrecon.recon import callbacks as cb
+from diffrecon.recon.checkpoint import load_checkpoint
+from diffrecon.recon.evaluation import truth_evaluator
+from diffrecon.recon.initialize import select_initial_guess
+from diffrecon.recon.objective import Objective
+from diffrecon.recon.optim import ParameterPlan
+from diffrecon.recon.reconstructor import Reconstructor
+from diffrecon.runconfig import RunConfig, build_config, config_to_dict, config_to_toml
+from diffrecon.tracking import NullLogger, RunLogger
+
+log = logging.getLogger("diffrecon")
+
+
+@dataclasses.dataclass
+class Result:
+    """What a reconstruction returns.
+
+    Attributes:
+        model: the fitted forward model (parameters on its device).
+        results: the model's outputs in physical units (see ``ForwardModel.results``).
+        history: per-epoch scalars: ``loss/total``, ``loss/<term>``, ``lr/<param>``,
+            ``metric/<name>`` (with ground truth).
+        metrics: final errors against ground truth, if the data carried any.
+        out: the run folder, if one was written.
+    """
+
+    model: ForwardModel
+    results: dict[str, Any]
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+    out: Path | None
+
+
+def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
+    """Read a data file (CXI or the plain HDF5 layout; see README)."""
+    return cxi.load(path, lazy=lazy)
+
+
+def list_models() -> list[str]:
+    return models.names()
+
+
+def _as_config(config: RunConfig | str | Path | dict[str, Any] | None, modality: str | None,
+               overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    if isinstance(config, RunConfig):
+        values = config_to_dict(config)
+        values["model"] = cfg.to_dict(config.model)
+        return build_config(values, modality=modality, overrides=overrides)
+    if isinstance(config, (str, Path)):
+        return build_config(cfg.load_toml(config), modality=modality, overrides=overrides)
+    return build_config(config, modality=modality, overrides=overrides)
+
+
+def _run_factory(model: ForwardModel, batches: PatternBatches, objective: Objective,
+                 algorithm: Algorithm, run_config: RunConfig) -> Any:
+    specs = algorithm.adjust_specs(run_config.param_specs(model.param_specs()))
+
+    def make(target: ForwardModel) -> Reconstructor:
+        plan = ParameterPlan(target.named_fields(), specs)
+        return Reconstructor(target, batches, objective, algorithm, plan, run_config.recon)
+
+    return make
+
+
+def reconstruct(
+    data: DiffractionData | str | Path, modality: str | None = None,
+    config: RunConfig | str | Path | dict[str, Any] | None = None, *,
+    out: str | Path | None = None, resume: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (), lazy: bool = False,
+) -> Result:
+    """Reconstruct ``data`` with the registered ``modality``; write a run folder if ``out``.
+
+    Args:
+        data: a DiffractionData or the path of a data file.
+        modality: registered model name (default: the config's, else ``ptycho``).
+        config: a RunConfig, a TOML path or a dict; defaults work on typical data.
+        out: run folder for reconstruction.h5, report.png, config.toml, tensorboard/,
+            checkpoint.pt.
+        resume: a run folder (or checkpoint.pt) to continue from; its config is used, with
+            ``overrides`` on top (e.g. more epochs).
+        overrides: ``section.key=value`` strings, as ``--set`` on the command line.
+        lazy: read patterns from the file batch by batch (data larger than memory).
+    """
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        config = state["config"]
+        out = Path(resume if Path(resume).is_dir() else Path(resume).parent) if out is None \
+            else out
+    run_config = _as_config(config, modality, overrides)
+    if not isinstance(data, DiffractionData):
+        data = load(data, lazy=lazy)
+    model_cls = models.get(run_config.modality)
+    data.validate(needs_positions=model_cls.needs_positions)
+    device = torch.device(run_config.recon.device)
+    generator = torch.Generator().manual_seed(run_config.recon.seed)
+    model = model_cls.from_data(data, run_config.model, generator=generator, device=device)
+    objective = Objective(run_config.loss, data.num_patterns)
+    batches = PatternBatches(data, model.propagator, device, lazy=lazy or None,
+                             prepare=objective.likelihood.prepare)
+    objective.check(model)
+    algorithm = algorithms.get(run_config.algorithm.name)(run_config.algorithm)
+    make_run = _run_factory(model, batches, objective, algorithm, run_config)
+    if state is None:
+        candidates = model.initial_guesses(data)
+        if len(candidates) > 1:
+            select_initial_guess(model, candidates, make_run)
+    run = make_run(model)
+    out_dir = Path(out) if out is not None else None
+    logger = _logger(run_config, out_dir)
+    evaluate = truth_evaluator(data.truth) if data.truth is not None else None
+    run.callbacks = _callbacks(run_config, out_dir, logger, evaluate)
+    if state is not None:
+        cb.resume(run, state)
+    try:
+        history = run.run()
+    finally:
+        logger.close()
+    results = model.results()
+    metrics = evaluate(model) if evaluate is not None else {}
+    if out_dir is not None:
+        _write_run_folder(out_dir, run_config, results, history, metrics)
+    return Result(model, results, history, metrics, out_dir)
+
+
+def _logger(run_config: RunConfig, out: Path | None) -> Any:
+    if out is None or not run_config.log.tensorboard:
+        return NullLogger()
+    logger = RunLogger(out / "tensorboard")
+    logger.text("config", "```\n" + config_to_toml(run_config, comments=False) + "\n```")
+    return logger
+
+
+def _callbacks(run_config: RunConfig, out: Path | None, logger: Any,
+               evaluate: Any) -> list[Any]:
+    callbacks: list[Any] = []
+    if evaluate is not None:
+        callbacks.append(cb.Metrics(evaluate, run_config.log.metric_every))
+    callbacks.append(cb.ProgressBar(run_config.log.progress))
+    hparams = {
+        "modality": run_config.modality, "algorithm": run_config.algorithm.name,
+        "likelihood": run_config.loss.likelihood, "epochs": run_config.recon.epochs,
+        "batch_size": run_config.recon.batch_size,
+    }
+    callbacks.append(cb.TensorBoard(logger, hparams, run_config.log.image_every))
+    if out is not None:
+        callbacks.append(cb.Checkpoint(out / "checkpoint.pt", config_to_dict(run_config),
+                                       run_config.recon.checkpoint_every))
+    return callbacks
+
+
+def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
+                      history: dict[str, list[float]], metrics: dict[str, float]) -> None:
+    from diffrecon.viz import save_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(config_to_toml(run_config))
+    arrays = {k: np.asarray(v) for k, v in results.items() if np.ndim(v) > 0}
+    attrs: dict[str, Any] = {k: v for k, v in results.items() if np.ndim(v) == 0}
+    for key in ("pixel_size_m", "origin_m"):
+        if key in arrays:
+            attrs[key] = tuple(float(v) for v in arrays.pop(key))
+    attrs["modality"] = run_config.modality
+    attrs.update({f"metric_{k}": float(v) for k, v in metrics.items()})
+    groups = {"history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}}
+    write_results(out / "reconstruction.h5", arrays, attrs, groups=groups)
+    if run_config.log.report:
+        title = f"diffrecon {run_config.modality}: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in metrics.items())
+        save_report(out / "report.png", results, {"loss": history.get("loss/total", []),
+                    **{k: v for k, v in history.items() if k.startswith("metric/")}}, title=title)
+
+
+def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str = "ptycho",
+             out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+             ) -> DiffractionData:
+    """Simulate a data set with ground truth; write it as CXI if ``out`` is given."""
+    values = cfg.load_toml(config) if isinstance(config, (str, Path)) else dict(config or {})
+    cfg.apply_overrides(values, list(overrides))
+    name = values.get("modality", modality)
+    simulator = simulators.get(name)
+    settings = cfg.from_dict(simulator.Config, values)
+    data = simulator(settings)
+    if out is not None:
+        cxi.save(data, out)
+        data.source = str(out)
+    return data
+
+
+def default_config(modality: str) -> str:
+    """The default run configuration of ``modality`` as commented TOML."""
+    if modality not in models:
+        raise ConfigError(f"unknown modality '{modality}' (known: {', '.join(models.names())})")
+    return config_to_toml(build_config(modality=modality))
+
+
+def inspect(path: str | Path, modality: str = "ptycho") -> str:
+    """A human summary of a data file, ending with the validation verdict."""
+    data = load(path, lazy=True)
+    text = cxi.inspect_text(data)
+    data.validate(needs_positions=models.get(modality).needs_positions)
+    return text + "\nvalidation: OK"

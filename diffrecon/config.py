@@ -1,0 +1,187 @@
+"""Typed configuration: dataclasses loaded from TOML, unknown keys rejected with a hint.
+
+The schema is plain stdlib dataclasses. ``from_dict`` builds a dataclass from a (nested) dict and
+checks every key and type; ``apply_overrides`` applies ``--set section.key=value`` strings;
+``to_toml`` writes a config back out, with each field's ``doc`` metadata as a comment.
+Nothing outside this module indexes raw config dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from diffrecon.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+def doc(default: Any, text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a one-line description (written into TOML dumps)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"doc": text}, **kwargs
+        )
+    return dataclasses.field(default=default, metadata={"doc": text}, **kwargs)
+
+
+def _is_optional(hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return True, args[0]
+    return False, hint
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    optional, hint = _is_optional(hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+        if optional:
+            return None
+        raise ConfigError(f"config key '{where}': expected a value, found none")
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a table, found {value!r}")
+        return from_dict(hint, value, where)
+    if origin is dict:
+        _, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a table, found {value!r}")
+        return {k: _convert(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{where}': expected a list, found {value!r}")
+        return origin(_convert(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint_text = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"config key '{where}': expected one of {list(allowed)}, found {value!r}{hint_text}"
+            )
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint)):
+        if hint is int and isinstance(value, bool):
+            raise ConfigError(f"config key '{where}': expected an integer, found {value!r}")
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config key '{where}': expected {name}, found {value!r}")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys with a "did you mean"."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config section '{where or cls.__name__}': {error}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as a nested dict (None values dropped, as TOML has no null)."""
+    result: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, dict):
+            value = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in value.items()}
+        if value is not None:
+            result[f.name] = value
+    return result
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML literal, else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, found '{item}'")
+        key, text = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = parse_value(text.strip())
+    return values
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; syntax errors become a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def to_toml(config: Any, section: str = "", comments: bool = True) -> str:
+    """Write a dataclass config as TOML, one table per nested dataclass, with doc comments."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        text = f.metadata.get("doc", "") if comments else ""
+        if dataclasses.is_dataclass(value):
+            tables.append((f"{section}.{f.name}" if section else f.name, value))
+            continue
+        if isinstance(value, dict) and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for key, item in value.items():
+                tables.append((f"{section}.{f.name}.{key}" if section else f"{f.name}.{key}", item))
+            continue
+        if text:
+            lines.append(f"# {text}")
+        lines.append(f"{f.name} = {_toml_value(value)}" if value is not None else f"# {f.name} =")
+    out = ""
+    if section and lines:
+        out += f"[{section}]\n"
+    out += "\n".join(lines) + ("\n" if lines else "")
+    for name, table in tables:
+        out += "\n" + to_toml(table, name, comments)
+    return out

@@ -1,0 +1,148 @@
+"""The in-memory description of a diffraction data set, shared by every modality."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from diffrecon.errors import DataFormatError
+
+
+class PatternStore(Protocol):
+    """Anything indexable like an (N, H, W) array: a NumPy array or a lazy HDF5 dataset."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+
+    def __getitem__(self, index: Any) -> Any: ...
+
+
+@dataclasses.dataclass
+class Truth:
+    """Ground truth stored beside simulated data (all in SI units).
+
+    Attributes:
+        object: complex object, shape (S, H, W) or (H, W) (or (D, H, W) for volumes).
+        probe: complex probe modes, shape (M, h, w), or None.
+        positions_m: true scan positions, shape (N, 2), (y, x) metres, or None.
+        pixel_size_m: object pixel size (y, x) in metres.
+        origin_m: sample coordinates (y, x) in metres of object pixel [0, 0].
+    """
+
+    object: np.ndarray
+    probe: np.ndarray | None = None
+    positions_m: np.ndarray | None = None
+    pixel_size_m: tuple[float, float] = (1.0, 1.0)
+    origin_m: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclasses.dataclass
+class DiffractionData:
+    """Measured diffraction patterns and the geometry needed to interpret them.
+
+    Attributes:
+        patterns: counts, shape (N, H, W) (ptychography; N=1 for a single CDI pattern) or
+            (D, H, W) for a 3D CDI volume; DC-centred as on the detector. May be a lazy
+            ``h5py.Dataset``: it is only read batch by batch.
+        wavelength_m: radiation wavelength in metres.
+        distance_m: sample-detector distance in metres.
+        detector_pixel_size_m: detector pixel pitch (y, x) in metres.
+        positions_m: scan positions, shape (N, 2), (y, x) metres, or None (CDI).
+        valid: detector mask, shape (H, W) bool, True where a pixel is trusted. (CXI files store
+            the opposite convention, non-zero = bad; the readers convert.)
+        probe_guess: complex initial probe, shape (M, H, W) or (H, W), or None.
+        truth: ground truth for simulated data, or None.
+        source: where the data came from (a file path), used in error messages.
+        metadata: free-form strings (instrument, sample, simulation settings).
+    """
+
+    patterns: PatternStore
+    wavelength_m: float
+    distance_m: float
+    detector_pixel_size_m: tuple[float, float]
+    positions_m: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    probe_guess: np.ndarray | None = None
+    truth: Truth | None = None
+    source: str = "<memory>"
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_patterns(self) -> int:
+        return int(self.patterns.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self.patterns.shape[-2]), int(self.patterns.shape[-1])
+
+    @property
+    def energy_ev(self) -> float:
+        from diffrecon.physics.optics import xray_energy_ev
+
+        return xray_energy_ev(self.wavelength_m)
+
+    def valid_mask(self) -> np.ndarray:
+        """The detector mask, shape (H, W) bool, all True when the file has none."""
+        if self.valid is None:
+            return np.ones(self.frame_shape, dtype=bool)
+        return np.asarray(self.valid, dtype=bool)
+
+    def validate(self, *, needs_positions: bool = True, square: bool = True) -> None:
+        """Check shapes and values; raise DataFormatError naming the file and key."""
+        src = self.source
+        shape = tuple(self.patterns.shape)
+        if len(shape) != 3:
+            raise DataFormatError(src, "entry_1/data_1/data", "a 3D array (N, H, W)", f"{shape}")
+        n, h, w = shape
+        if square and (h != w or h % 2):
+            raise DataFormatError(
+                src, "entry_1/data_1/data", "square frames of even size", f"frames of {h}x{w}"
+            )
+        if needs_positions:
+            key = "entry_1/sample_1/geometry_1/translation"
+            if self.positions_m is None:
+                raise DataFormatError(src, key, "scan positions (N, 2 or 3) in metres", "nothing")
+            pos = np.asarray(self.positions_m)
+            if pos.ndim != 2 or pos.shape[1] != 2:
+                raise DataFormatError(src, key, "an (N, 2) array of (y, x)", f"shape {pos.shape}")
+            if pos.shape[0] != n:
+                raise DataFormatError(
+                    src, key, f"{n} positions (one per pattern)", f"{pos.shape[0]} positions"
+                )
+            if not np.all(np.isfinite(pos)):
+                raise DataFormatError(src, key, "finite positions", "NaN or Inf")
+        for value, key in (
+            (self.wavelength_m, "entry_1/instrument_1/source_1/energy"),
+            (self.distance_m, "entry_1/instrument_1/detector_1/distance"),
+            (self.detector_pixel_size_m[0], "entry_1/instrument_1/detector_1/y_pixel_size"),
+            (self.detector_pixel_size_m[1], "entry_1/instrument_1/detector_1/x_pixel_size"),
+        ):
+            if not (np.isfinite(value) and value > 0):
+                raise DataFormatError(src, key, "a positive number", f"{value}")
+        if self.valid is not None and tuple(np.shape(self.valid)) != (h, w):
+            raise DataFormatError(
+                src, "entry_1/instrument_1/detector_1/mask", f"shape {(h, w)}",
+                f"shape {np.shape(self.valid)}",
+            )
+        self._check_counts()
+
+    def _check_counts(self, chunk: int = 256) -> None:
+        """Reject negative, NaN or Inf counts on valid pixels, reading lazily in chunks."""
+        valid = self.valid_mask()
+        for start in range(0, self.num_patterns, chunk):
+            block = np.asarray(self.patterns[start : start + chunk], dtype=np.float64)
+            good = block[:, valid]
+            if not np.all(np.isfinite(good)):
+                bad = start + int(np.argwhere(~np.isfinite(block[:, valid]))[0, 0])
+                raise DataFormatError(
+                    self.source, "entry_1/data_1/data", "finite counts",
+                    f"NaN or Inf in pattern {bad} (mask such pixels instead)",
+                )
+            if good.size and good.min() < 0:
+                bad = start + int(np.argwhere(good < 0)[0, 0])
+                raise DataFormatError(
+                    self.source, "entry_1/data_1/data", "non-negative counts",
+                    f"{good.min():.3g} in pattern {bad} (subtract background without clipping?)",
+                )

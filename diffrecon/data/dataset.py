@@ -1,0 +1,97 @@
+"""Batches of measured patterns in the propagator's native layout, in memory or lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from diffrecon.data.container import DiffractionData
+from diffrecon.physics.propagators import Propagator
+
+Tensor = torch.Tensor
+
+
+class PatternBatches:
+    """Serves measured counts (B, H, W) for pattern indices, converted once to native layout.
+
+    ``prepare`` (the likelihood's) transforms the counts once, e.g. to amplitudes; masked
+    pixels holding NaN/Inf are zeroed (they never enter the likelihood).
+
+    In-memory data are converted chunk by chunk into one float32 tensor on ``device`` (no
+    second full copy); a lazy HDF5 source is read per batch, so memory stays bounded by the
+    batch size whatever the file size.
+    """
+
+    def __init__(
+        self,
+        data: DiffractionData,
+        propagator: Propagator,
+        device: torch.device | str = "cpu",
+        *,
+        lazy: bool | None = None,
+        chunk: int = 256,
+        prepare: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.data = data
+        self.propagator = propagator
+        self.prepare = prepare
+        self.device = torch.device(device)
+        self.lazy = not isinstance(data.patterns, np.ndarray) if lazy is None else lazy
+        self.valid = propagator.to_native(torch.as_tensor(data.valid_mask())).to(self.device)
+        self.patterns: Tensor | None = None
+        if not self.lazy:
+            n, (h, w) = data.num_patterns, data.frame_shape
+            self.patterns = torch.empty((n, h, w), dtype=torch.float32, device=self.device)
+            for start in range(0, n, chunk):
+                block = torch.as_tensor(np.asarray(data.patterns[start : start + chunk]))
+                self.patterns[start : start + block.shape[0]] = self._convert(block)
+
+    def _convert(self, block: Tensor) -> Tensor:
+        native = self.propagator.to_native(block.to(self.device, torch.float32))
+        native = torch.nan_to_num_(native, nan=0.0, posinf=0.0, neginf=0.0)
+        return native if self.prepare is None else self.prepare(native)
+
+    def __len__(self) -> int:
+        return self.data.num_patterns
+
+    def __call__(self, index: Tensor) -> Tensor:
+        if self.patterns is not None:
+            return self.patterns[index.to(self.device)]
+        order = index.cpu().numpy()
+        sort = np.argsort(order)
+        block = np.asarray(self.data.patterns[np.sort(order)])
+        unsorted = np.empty_like(block)
+        unsorted[sort] = block
+        tensor = torch.from_numpy(unsorted)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return self._convert(tensor)
+
+
+def random_batches(num: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """A fresh random partition of range(num) into batches, reproducible from (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return list(torch.randperm(num, generator=generator).split(batch_size))
+
+
+def compact_batches(
+    positions: np.ndarray, batch_size: int, seed: int, iterations: int = 20
+) -> list[Tensor]:
+    """Spatially compact batches: k-means clusters of the scan positions (N, 2).
+
+    Neighbouring positions share one update, which suits least-squares-like steps; the
+    clustering is computed once and the batch order is shuffled per epoch by the caller.
+    """
+    count = max(1, int(np.ceil(len(positions) / batch_size)))
+    rng = np.random.default_rng(seed)
+    centres = positions[rng.choice(len(positions), count, replace=False)]
+    for _ in range(iterations):
+        labels = np.argmin(((positions[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        for k in range(count):
+            if np.any(labels == k):
+                centres[k] = positions[labels == k].mean(axis=0)
+    return [
+        torch.as_tensor(np.flatnonzero(labels == k)) for k in range(count) if np.any(labels == k)
+    ]

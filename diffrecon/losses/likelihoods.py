@@ -1,0 +1,150 @@
+"""Likelihoods of measured counts given predicted intensities, all mask-aware.
+
+Each likelihood provides
+- ``nll(predicted, measured, valid)``: negative log-likelihood summed over valid pixels, shifted
+  so that it is zero where ``predicted == measured`` (constants do not change the optimum);
+- ``sample(expected, generator)``: noisy counts for simulation;
+- ``project(field, measured, valid)``: the Fourier-magnitude projection P_M used by classical
+  algorithms (shared: it is the same for every likelihood).
+
+Measured counts go through ``prepare`` once, when the data are loaded (the amplitude likelihood
+keeps sqrt(counts), so no square root is taken per batch); ``nll`` and ``project`` receive the
+prepared data.
+
+Shapes: ``predicted``/``measured`` (B, H, W) (or any matching shape), ``valid`` broadcastable to
+them (True = trusted pixel), ``field`` (B, M, H, W) complex with M incoherent modes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffrecon.registry import Registry
+
+Tensor = torch.Tensor
+
+likelihoods: Registry[type[Likelihood]] = Registry("likelihood")
+
+
+def magnitude_projection(
+    field: Tensor, amplitude: Tensor, valid: Tensor | None = None, eps: float = 1e-12
+) -> Tensor:
+    """Replace the modulus of ``field`` (B, M, ...) by ``amplitude`` (B, ...), keeping phases.
+
+    For M incoherent modes every mode is scaled by amplitude / sqrt(sum_m |field_m|^2)
+    (Thibault & Menzel 2013); pixels that are not ``valid`` keep the field unchanged.
+    """
+    intensity = field.real.square() + field.imag.square()
+    total = intensity.sum(dim=1)
+    scale = amplitude / torch.sqrt(total + eps)
+    if valid is not None:
+        scale = torch.where(valid, scale, torch.ones_like(scale))
+    return field * scale.unsqueeze(1)
+
+
+def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return values.sum()
+    return torch.where(valid, values, torch.zeros_like(values)).sum()
+
+
+class Likelihood:
+    """Base class: subclasses implement ``elementwise`` and ``sample``."""
+
+    def prepare(self, counts: Tensor) -> Tensor:
+        """The form in which measured counts are kept for ``nll`` and ``project``."""
+        return counts
+
+    def amplitude(self, prepared: Tensor) -> Tensor:
+        """Measured amplitudes sqrt(counts) from prepared data."""
+        return torch.sqrt(prepared.clamp(min=0))
+
+    def nll(self, predicted: Tensor, measured: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Negative log-likelihood summed over valid pixels (scalar), zero at equality.
+
+        ``measured`` is the prepared data (``prepare(counts)``).
+        """
+        return _masked_sum(self.elementwise(predicted, measured), valid)
+
+    def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def project(self, field: Tensor, measured: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Fourier-magnitude projection (see ``magnitude_projection``) onto prepared data."""
+        return magnitude_projection(field, self.amplitude(measured), valid)
+
+
+@likelihoods.register("poisson")
+class Poisson(Likelihood):
+    """Poisson counts: nll = I - n log I - (n - n log n) (half the Poisson deviance).
+
+    Differs from -log P(n | I) = I - n log I + log n! by a term in n alone. ``eps`` (counts)
+    keeps log finite where the model predicts zero.
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+
+    def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        saturated = torch.where(
+            measured > 0, measured * torch.log(measured.clamp(min=self.eps)), 0.0
+        )
+        return predicted - measured * torch.log(predicted + self.eps) - (measured - saturated)
+
+    def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.poisson(expected.clamp(min=0), generator=generator)
+
+
+@likelihoods.register("gaussian")
+class Gaussian(Likelihood):
+    """Gaussian noise on intensities of standard deviation ``sigma`` counts: (I - n)^2 / 2 s^2."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        self.sigma = sigma
+
+    def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        return (predicted - measured).square() / (2 * self.sigma**2)
+
+    def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(
+            expected.shape, generator=generator, dtype=expected.dtype, device=expected.device
+        )
+        return (expected + self.sigma * noise).clamp(min=0)
+
+
+@likelihoods.register("amplitude")
+class Amplitude(Likelihood):
+    """Gaussian noise on amplitudes: (sqrt(I) - sqrt(n))^2.
+
+    With an orthonormal far-field propagator its gradient with respect to the detector field is
+    exactly 2 (Psi - P_M Psi), which is what makes ePIE a gradient step (see algorithms/pie.py).
+    Robust to Poisson noise at moderate counts, since sqrt stabilises its variance (to 1/4).
+    """
+
+    def __init__(self, sigma: float = 0.5, eps: float = 1e-10) -> None:
+        self.sigma = sigma
+        self.eps = eps
+
+    def prepare(self, counts: Tensor) -> Tensor:
+        return torch.sqrt(counts.clamp(min=0))
+
+    def amplitude(self, prepared: Tensor) -> Tensor:
+        return prepared
+
+    def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        """(sqrt(I) - a)^2 with ``measured`` = a = sqrt(counts) (the prepared form)."""
+        return (torch.sqrt(predicted + self.eps) - measured).square()
+
+    def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(
+            expected.shape, generator=generator, dtype=expected.dtype, device=expected.device
+        )
+        return (torch.sqrt(expected.clamp(min=0)) + self.sigma * noise).clamp(min=0).square()
+
+
+def make_likelihood(name: str) -> Likelihood:
+    """The likelihood registered as ``name`` with its default parameters."""
+    return likelihoods.get(name)()

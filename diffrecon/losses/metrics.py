@@ -1,0 +1,451 @@
+"""Ambiguity-removed reconstruction errors, FRC, PRTF, R-factor and position error.
+
+Pure functions for comparing a reconstruction with ground truth (or with another
+reconstruction). Phase retrieval recovers an object only up to a global phase, a translation,
+a linear phase ramp (a shift of the diffraction pattern) and, for CDI, the twin image
+``conj(flip(object))``; :func:`align` removes these before any error is computed. Inputs may be
+torch tensors or numpy arrays; the work is done in float64/complex128 and scalars come back as
+Python floats. Pixel units are used throughout: shifts in pixels, spatial frequencies in cycles
+per pixel (0 to 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from diffrecon.physics.fft import fft2c, frequency_grid
+
+Tensor = torch.Tensor
+ArrayLike = Tensor | np.ndarray
+
+_REFINE_POINTS = torch.arange(-3, 4, dtype=torch.float64)  # zoom grid; each step shrinks 4x
+_REFINE_STEPS = 12  # 4**-12 ~ 6e-8 of a coarse grid step
+_RAMP_ROUNDS = 3  # alternating ramp/shift fits, converged to the refinement precision by 3
+
+
+def _complex(x: ArrayLike, device: torch.device | None = None) -> Tensor:
+    return torch.as_tensor(x, device=device).to(torch.complex128)
+
+
+def _weights(mask: ArrayLike | None, like: Tensor) -> Tensor:
+    """float64 weights of ``like``'s shape: ones, or ``mask`` (bool or float) broadcast."""
+    if mask is None:
+        return torch.ones(like.shape, dtype=torch.float64, device=like.device)
+    return torch.as_tensor(mask, device=like.device).to(torch.float64).expand(like.shape)
+
+
+def _dft_peak(
+    arrays: list[Tensor], coords: list[Tensor], sign: float, grid: list[Tensor], subpixel: bool
+) -> Tensor:
+    """Continuous argmax x of sum_j |sum_n arrays_j[n] exp(sign*2i*pi*sum_a coords_a[n_a]*x_a)|.
+
+    The coarse maximum comes from an FFT whose output sample m sits at x = grid_a[m]; it is then
+    refined by repeated 4x zooms of a 7-point-per-axis matrix DFT around the current peak
+    (the upsampled cross-correlation of Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)).
+    """
+    transform = torch.fft.ifftn if sign > 0 else torch.fft.fftn
+    coarse = sum(transform(a).abs() for a in arrays)
+    index = np.unravel_index(int(torch.argmax(coarse)), coarse.shape)
+    peak = torch.stack([g[i] for g, i in zip(grid, index, strict=True)])
+    if not subpixel:
+        return peak
+    step = torch.stack([(g[1] - g[0]).abs() for g in grid]) / 4
+    offsets = _REFINE_POINTS.to(peak.device)
+    for _ in range(_REFINE_STEPS):
+        points = [p + h * offsets for p, h in zip(peak, step, strict=True)]
+        values = torch.zeros((len(offsets),) * len(points), dtype=torch.float64, device=peak.device)
+        for array in arrays:
+            zoom = array
+            for c, x in zip(coords, points, strict=True):
+                kernel = torch.exp(sign * 2j * math.pi * torch.outer(c, x))
+                zoom = torch.tensordot(zoom, kernel, dims=([0], [0]))  # moves axis to the end
+            values = values + zoom.abs()
+        index = np.unravel_index(int(torch.argmax(values)), values.shape)
+        peak = torch.stack([x[i] for x, i in zip(points, index, strict=True)])
+        step = step / 4
+    return peak
+
+
+def _axis_sum(vectors: list[Tensor]) -> Tensor:
+    """sum_a vectors[a] broadcast along axis a: shape (len(v0), len(v1), ...)."""
+    total = torch.zeros((), dtype=torch.float64, device=vectors[0].device)
+    for axis, vector in enumerate(vectors):
+        total = total + vector.reshape([-1 if a == axis else 1 for a in range(len(vectors))])
+    return total
+
+
+def _fourier_shift(field: Tensor, shift: Tensor) -> Tensor:
+    """Circularly translate ``field`` (all axes) by ``shift`` pixels: out(r) = field(r - shift)."""
+    k = [torch.fft.fftfreq(n, dtype=torch.float64, device=field.device) for n in field.shape]
+    phase = -2 * math.pi * _axis_sum([s * f for s, f in zip(shift, k, strict=True)])
+    return torch.fft.ifftn(torch.fft.fftn(field) * torch.polar(torch.ones_like(phase), phase))
+
+
+def _structure(field: Tensor, weights: Tensor) -> Tensor:
+    """``field`` minus its weighted mean, times the weights: what a correlation should see.
+
+    Without this a nearly uniform object (a weak phase object, an unilluminated border at 1)
+    correlates like its mask, whose broad peak can sit pixels away from the true shift.
+    """
+    mean = (weights * field).sum() / weights.sum().clamp_min(1e-300)
+    return weights * (field - mean)
+
+
+def _estimate_shift(
+    estimate: Tensor, truth: Tensor, subpixel: bool, ramp_free: bool, weights: Tensor
+) -> Tensor:
+    """Shift s (pixels, one per axis) such that ``truth`` ~ estimate(r - s).
+
+    The masked truth and the whole estimate are made mean-free first (see ``_structure``). With ``ramp_free`` the fields correlated are the neighbour
+    products x(r) conj(x(r + e_a)), which a linear phase ramp changes only by a constant phase,
+    so a steep ramp cannot hide the correlation peak.
+    """
+    pairs = [(truth, estimate)]
+    if ramp_free:
+        pairs = [
+            (truth * torch.roll(truth, -1, a).conj(), estimate * torch.roll(estimate, -1, a).conj())
+            for a in range(truth.ndim)
+        ]
+    ones = torch.ones_like(weights)
+    pairs = [(_structure(t, weights), _structure(e, ones)) for t, e in pairs]
+    spectra = [torch.fft.fftn(t) * torch.fft.fftn(e).conj() for t, e in pairs]
+    freqs = [torch.fft.fftfreq(n, dtype=torch.float64, device=truth.device) for n in truth.shape]
+    return _dft_peak(spectra, freqs, 1.0, [f * len(f) for f in freqs], subpixel)
+
+
+def _centred_coords(shape: torch.Size, device: torch.device) -> list[Tensor]:
+    return [torch.arange(n, dtype=torch.float64, device=device) - n // 2 for n in shape]
+
+
+def _ramp(shape: torch.Size, slope: Tensor) -> Tensor:
+    """exp(2i*pi*slope.r), r in pixels from index n//2 of each axis, slope in cycles/pixel."""
+    coords = _centred_coords(shape, slope.device)
+    phase = 2 * math.pi * _axis_sum([f * r for f, r in zip(slope, coords, strict=True)])
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def _estimate_ramp(estimate: Tensor, truth: Tensor, weights: Tensor, subpixel: bool) -> Tensor:
+    """Slope f (cycles/pixel per axis) such that ``truth`` ~ estimate * exp(2i*pi*f.r).
+
+    Maximising |sum_r w conj(est) truth exp(-2i*pi*f.r)| over f is the weighted least-squares fit
+    of ramp, scale and phase together, so the refined Fourier peak is the least-squares ramp.
+    """
+    coords = _centred_coords(truth.shape, truth.device)
+    grid = [torch.fft.fftfreq(n, dtype=torch.float64, device=truth.device) for n in truth.shape]
+    return _dft_peak([weights * truth * estimate.conj()], coords, -1.0, grid, subpixel)
+
+
+def _global_phase(estimate: Tensor, truth: Tensor, weights: Tensor) -> Tensor:
+    overlap = (weights * estimate.conj() * truth).sum()
+    return estimate * torch.exp(1j * torch.angle(overlap))
+
+
+def _scaled_error(estimate: Tensor, truth: Tensor, weights: Tensor) -> float:
+    """||a*est - truth||_w / ||truth||_w with the optimal complex a = <est,truth>_w/<est,est>_w."""
+    energy = (weights * estimate.abs() ** 2).sum()
+    scale = (weights * estimate.conj() * truth).sum() / energy.clamp_min(1e-300)
+    residual = (weights * (scale * estimate - truth).abs() ** 2).sum()
+    return float(torch.sqrt(residual / (weights * truth.abs() ** 2).sum()))
+
+
+def _align_candidate(
+    candidate: Tensor, truth: Tensor, weights: Tensor, remove_ramp: bool, subpixel: bool
+) -> Tensor:
+    """Fit shift, ramp (in the candidate's own frame) and global phase of one candidate."""
+    # Correlating the masked structure of both keeps estimate content outside the mask (e.g.
+    # the unilluminated border) from pulling the peak.
+    target = truth
+    shift = _estimate_shift(candidate, target, subpixel, remove_ramp, weights)
+    for _ in range(_RAMP_ROUNDS if remove_ramp else 0):
+        # The ramp is fitted in the candidate's frame, where it is exactly linear (no wrapped
+        # strip); the de-ramped candidate's shift then follows from plain correlation.
+        in_frame = torch.roll(weights, [-round(float(x)) for x in shift], list(range(truth.ndim)))
+        slope = _estimate_ramp(candidate, _fourier_shift(truth, -shift), in_frame, subpixel)
+        deramped = candidate * _ramp(truth.shape, slope)
+        shift = _estimate_shift(deramped, target, subpixel, False, weights)
+    aligned = _fourier_shift(deramped if remove_ramp else candidate, shift)
+    return _global_phase(aligned, truth, weights)
+
+
+def align(
+    estimate: ArrayLike,
+    truth: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    remove_ramp: bool = True,
+    subpixel: bool = True,
+    allow_twin: bool = False,
+) -> Tensor:
+    """Transform ``estimate`` to best match ``truth``, removing the phase-retrieval ambiguities.
+
+    The model is estimate(r) = c * truth(r - s) * exp(2i*pi*f.r) (a ramp in the estimate's own
+    frame, as a misplaced diffraction centre produces) with complex c. Fitted in order:
+    translation s (cross-correlation peak of the whole estimate with ``mask * truth``, refined
+    to ~1e-7 px by matrix-DFT zooming, applied as a circular Fourier shift), ramp f (refined
+    peak of the Fourier transform of ``mask * truth * conj(estimate)``, alternated with
+    refitting s), and the phase of c. With ``allow_twin`` the twin ``conj(flip(estimate))`` is
+    aligned too and whichever matches better (scaled error over ``mask``) is returned. The
+    magnitude of c is left in place (:func:`nrmse` removes it).
+
+    Args:
+        estimate: complex (H, W) or (D, H, W), any unit; real input is treated as complex.
+        truth: same shape as ``estimate``.
+        mask: bool or float weights broadcastable to the shape, where the comparison counts
+            (e.g. the illuminated region). The shift is found by correlating the whole
+            estimate with ``mask * truth``; ramp, phase and twin choice use the mask too.
+        remove_ramp: also remove a linear phase ramp.
+        subpixel: refine shift and ramp below the FFT grid (else integer pixels / 1/N cycles).
+        allow_twin: also consider the twin image.
+
+    Returns:
+        Aligned estimate, same shape, complex dtype of ``estimate`` (complex64 for float32 input).
+    """
+    est = torch.as_tensor(estimate)
+    out_dtype = torch.promote_types(est.dtype, torch.complex64)
+    est, ref = _complex(est), _complex(truth, est.device)
+    if est.shape != ref.shape or est.ndim not in (2, 3):
+        raise ValueError(f"expected equal (H, W) or (D, H, W) shapes, got {est.shape}, {ref.shape}")
+    weights = _weights(mask, ref)
+    candidates = [est, torch.flip(est, list(range(est.ndim))).conj()] if allow_twin else [est]
+    aligned = [_align_candidate(c, ref, weights, remove_ramp, subpixel) for c in candidates]
+    best = min(aligned, key=lambda candidate: _scaled_error(candidate, ref, weights))
+    return best.to(out_dtype)
+
+
+def nrmse(
+    estimate: ArrayLike,
+    truth: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    align_first: bool = True,
+    allow_twin: bool = False,
+    **align_kwargs: bool,
+) -> float:
+    """Complex normalized RMS error with the ambiguities removed.
+
+    Computes ||a*est' - truth|| / ||truth|| over ``mask``, where est' is ``align(estimate,
+    truth)`` (translation, phase ramp, global phase, optionally twin removed) and
+    a = <est', truth> / <est', est'> is the optimal complex scalar, so global scale and phase do
+    not count either. 0 is perfect; an unrelated estimate gives about 1.
+
+    Args:
+        estimate: complex (H, W) or (D, H, W).
+        truth: same shape.
+        mask: bool or float weights where the error counts.
+        align_first: run :func:`align` first (else only the complex scale is removed).
+        allow_twin: passed to :func:`align`.
+        **align_kwargs: ``remove_ramp`` / ``subpixel`` for :func:`align`.
+    """
+    ref = _complex(truth)
+    if align_first:
+        estimate = align(estimate, ref, mask=mask, allow_twin=allow_twin, **align_kwargs)
+    est = _complex(estimate, ref.device)
+    return _scaled_error(est, ref, _weights(mask, ref))
+
+
+def phase_rmse(
+    estimate: ArrayLike,
+    truth: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    weighted_by_amplitude: bool = False,
+    align_first: bool = True,
+    **align_kwargs: bool,
+) -> float:
+    """RMS of the wrapped phase difference angle(est' * conj(truth)) in radians, over ``mask``.
+
+    est' is the aligned estimate; the weighted circular mean of the difference is removed too, so
+    a constant phase offset gives 0. With ``weighted_by_amplitude`` each pixel is weighted by
+    |truth| (dark pixels, whose phase is ill-defined, count less).
+
+    Args:
+        estimate: complex (H, W) or (D, H, W).
+        truth: same shape.
+        mask: bool or float weights where the error counts.
+        weighted_by_amplitude: weight pixels by |truth|.
+        align_first: run :func:`align` first.
+        **align_kwargs: ``remove_ramp`` / ``subpixel`` / ``allow_twin`` for :func:`align`.
+    """
+    ref = _complex(truth)
+    if align_first:
+        estimate = align(estimate, ref, mask=mask, **align_kwargs)
+    weights = _weights(mask, ref)
+    if weighted_by_amplitude:
+        weights = weights * ref.abs()
+    difference = torch.angle(_complex(estimate, ref.device) * ref.conj())
+    mean = torch.angle((weights * torch.exp(1j * difference)).sum())
+    difference = torch.remainder(difference - mean + math.pi, 2 * math.pi) - math.pi
+    return float(torch.sqrt((weights * difference**2).sum() / weights.sum()))
+
+
+def ring_index(
+    shape: Sequence[int], num_rings: int | None = None, *, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """Ring number of every pixel of a DC-centred 2D spectrum (DC at index (H//2, W//2)).
+
+    Ring i holds spatial frequencies |f| in [(i - 1/2) df, (i + 1/2) df), df = 0.5 / num_rings,
+    with |f| in cycles per pixel; pixels beyond the last ring get index ``num_rings + 1``.
+
+    Args:
+        shape: (H, W).
+        num_rings: rings beyond DC; default min(H, W) // 2, so no ring is empty.
+        device: device of the returned tensors.
+
+    Returns:
+        index: (H, W) int64 in [0, num_rings + 1].
+        frequencies: (num_rings + 1,) float64 ring centres i * df, 0 to 0.5 cycles/pixel.
+    """
+    num_rings = num_rings or min(shape) // 2
+    ky, kx = frequency_grid((int(shape[0]), int(shape[1])), device=device)
+    spacing = 0.5 / num_rings
+    index = torch.round(torch.sqrt(ky**2 + kx**2) / spacing).long().clamp_max(num_rings + 1)
+    frequencies = torch.arange(num_rings + 1, dtype=torch.float64, device=device) * spacing
+    return index, frequencies
+
+
+def _ring_sum(values: Tensor, index: Tensor, num_rings: int) -> Tensor:
+    """Sum ``values`` (H, W) over each ring of ``index``: shape (num_rings + 1,)."""
+    out = torch.zeros(num_rings + 2, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, index.reshape(-1), values.reshape(-1))[:-1]
+
+
+def radial_average(
+    image: ArrayLike, *, mask: ArrayLike | None = None, num_rings: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Azimuthal (ring) average of a DC-centred 2D array, weighted by ``mask``.
+
+    Args:
+        image: (H, W) real or complex, DC at (H//2, W//2).
+        mask: bool or float (H, W) weights; rings with zero weight come back NaN.
+        num_rings: see :func:`ring_index`.
+
+    Returns:
+        frequencies (num_rings + 1,) in cycles/pixel and ring averages (num_rings + 1,).
+    """
+    values = torch.as_tensor(image)
+    values = values.to(torch.promote_types(values.dtype, torch.float64))
+    if values.ndim != 2:
+        raise ValueError(f"expected an (H, W) image, got shape {tuple(values.shape)}")
+    weights = _weights(mask, values)
+    index, frequencies = ring_index(values.shape, num_rings, device=values.device)
+    rings = len(frequencies) - 1
+    total = _ring_sum(weights * values, index, rings)
+    count = _ring_sum(weights, index, rings)
+    return frequencies, total / count.where(count > 0, torch.nan)
+
+
+def frc(
+    a: ArrayLike, b: ArrayLike, *, num_rings: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fourier ring correlation of two 2D images and the 1/2-bit threshold.
+
+    FRC(r) = Re sum_ring F_a conj(F_b) / sqrt(sum_ring |F_a|^2 sum_ring |F_b|^2); threshold
+    T(r) = (0.2071 + 1.9102/sqrt(n_r)) / (1.2071 + 0.9102/sqrt(n_r)) with n_r pixels in the
+    ring (van Heel & Schatz, J. Struct. Biol. 151, 250 (2005)). The images should already be
+    aligned (e.g. ``align(b, a)``): the FRC is not invariant to shifts or phase offsets.
+
+    Args:
+        a: (H, W) real or complex image.
+        b: (H, W) image on the same grid.
+        num_rings: see :func:`ring_index`.
+
+    Returns:
+        frequencies (R,) in cycles/pixel (0 to 0.5), FRC values (R,) and threshold (R,), float64.
+    """
+    fa, fb = fft2c(_complex(a)), fft2c(_complex(b))
+    if fa.shape != fb.shape or fa.ndim != 2:
+        raise ValueError(f"expected two (H, W) images, got {fa.shape} and {fb.shape}")
+    index, frequencies = ring_index(fa.shape, num_rings, device=fa.device)
+    rings = len(frequencies) - 1
+    cross = _ring_sum(fa * fb.conj(), index, rings).real
+    power = _ring_sum(fa.abs() ** 2, index, rings) * _ring_sum(fb.abs() ** 2, index, rings)
+    correlation = cross / torch.sqrt(power).clamp_min(1e-300)
+    root_n = torch.sqrt(_ring_sum(torch.ones_like(index, dtype=torch.float64), index, rings))
+    root_n = root_n.clamp_min(1.0)
+    threshold = (0.2071 + 1.9102 / root_n) / (1.2071 + 0.9102 / root_n)
+    return frequencies, correlation, threshold
+
+
+def frc_resolution(frequencies: Tensor, frc: Tensor, threshold: Tensor | float) -> float:
+    """First frequency (cycles/pixel) where ``frc`` drops below ``threshold``, else 0.5.
+
+    The crossing is linearly interpolated between rings; ring 0 (DC) is ignored. Resolution in
+    metres is pixel_size_m / (2 * result) for a half-period, pixel_size_m / result for a period.
+    """
+    difference = torch.as_tensor(frc).double() - torch.as_tensor(threshold).double()
+    frequencies = torch.as_tensor(frequencies).double()
+    below = torch.nonzero(difference[1:] < 0)
+    if len(below) == 0:
+        return 0.5
+    i = int(below[0]) + 1
+    before, after = float(difference[i - 1]), float(difference[i])
+    fraction = before / (before - after) if before > 0 else 0.0
+    return float(frequencies[i - 1] + fraction * (frequencies[i] - frequencies[i - 1]))
+
+
+def r_factor(
+    predicted_intensity: ArrayLike, measured_intensity: ArrayLike, mask: ArrayLike | None = None
+) -> float:
+    """Fourier-amplitude R-factor sum |sqrt(I_pred) - sqrt(I_meas)| / sum sqrt(I_meas).
+
+    Args:
+        predicted_intensity: (..., H, W) real, photons; negative values are clipped to 0.
+        measured_intensity: same shape.
+        mask: bool or float weights of valid pixels (False for beamstop, gaps, hot pixels).
+    """
+    measured = torch.as_tensor(measured_intensity).to(torch.float64).clamp_min(0).sqrt()
+    predicted = torch.as_tensor(predicted_intensity, device=measured.device).to(torch.float64)
+    weights = _weights(mask, measured)
+    difference = (weights * (predicted.clamp_min(0).sqrt() - measured).abs()).sum()
+    return float(difference / (weights * measured).sum())
+
+
+def prtf(
+    fields: ArrayLike,
+    measured_intensity: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    num_rings: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Phase retrieval transfer function, ring average of |<F_j e^{i phi_j}>_j| / sqrt(I_meas).
+
+    Each detector field is given the global phase phi_j that best matches the first one, the
+    fields are averaged, and the pixelwise ratio to the measured amplitude is ring-averaged over
+    valid pixels (Chapman et al., JOSA A 23, 1179 (2006)). The reconstructions should be aligned
+    in real space (:func:`align`) before they are propagated.
+
+    Args:
+        fields: (R, H, W) complex DC-centred far fields of R reconstructions, sqrt(photons).
+        measured_intensity: (H, W) photons, DC-centred.
+        mask: bool (H, W) valid pixels; pixels with zero measured intensity are skipped too.
+        num_rings: see :func:`ring_index`.
+
+    Returns:
+        frequencies (num_rings + 1,) in cycles per object pixel and PRTF values (NaN where a ring
+        has no valid pixel).
+    """
+    stack = _complex(fields)
+    measured = torch.as_tensor(measured_intensity, device=stack.device).to(torch.float64)
+    valid = _weights(mask, measured) * (measured > 0)
+    overlap = (valid * stack.conj() * stack[:1]).sum(dim=(-2, -1), keepdim=True)
+    mean = (stack * torch.exp(1j * torch.angle(overlap))).mean(dim=0)
+    ratio = mean.abs() / measured.clamp_min(1e-300).sqrt()
+    return radial_average(ratio, mask=valid, num_rings=num_rings)
+
+
+def position_error(estimate: ArrayLike, truth: ArrayLike) -> float:
+    """RMS distance sqrt(mean_n |d_n - mean(d)|^2), d = estimate - truth, in the input unit.
+
+    The mean offset is removed because a global translation is an ambiguity of ptychography.
+
+    Args:
+        estimate: (N, 2) positions (y, x), metres or pixels.
+        truth: (N, 2) positions in the same unit.
+    """
+    difference = torch.as_tensor(estimate).double() - torch.as_tensor(truth).double()
+    difference = difference - difference.mean(dim=0)
+    return float(torch.sqrt((difference**2).sum(dim=-1).mean()))

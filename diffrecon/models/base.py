@@ -1,0 +1,153 @@
+"""The forward-model contract every modality implements.
+
+``forward(index) = measurement(propagator(exit_wave(index)), index)`` and is never overridden: a
+modality writes ``exit_wave``, picks its propagator and measurement, states how it starts from
+data (``from_data``) and how each parameter is optimised by default (``param_specs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffrecon.config import doc
+from diffrecon.models.measurement import Measurement
+from diffrecon.physics.propagators import Propagator
+from diffrecon.registry import Registry
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class ParamSpec:
+    """How one named parameter is optimised (a row of the per-parameter plan).
+
+    Learning rates are in the parameter's own units per step (e.g. pixels for positions); the
+    models derive defaults from the data scale.
+    """
+
+    enabled: bool = doc(True, "refine this parameter at all")
+    lr: float = doc(1e-2, "step size (learning rate), in the parameter's units")
+    optimizer: Literal["adam", "sgd"] = doc("adam", "optimizer for this parameter")
+    start: int = doc(0, "first epoch at which it is updated")
+    stop: int | None = doc(None, "epoch at which updates stop (exclusive); none = never")
+    every: int = doc(1, "update on every n-th epoch only")
+
+    def active(self, epoch: int) -> bool:
+        """Whether the parameter is updated during ``epoch`` (0-based)."""
+        if not self.enabled or epoch < self.start:
+            return False
+        if self.stop is not None and epoch >= self.stop:
+            return False
+        return (epoch - self.start) % self.every == 0
+
+
+@dataclasses.dataclass
+class ParamOverride:
+    """Config-file overrides of a ParamSpec: only the keys given replace the model default."""
+
+    enabled: bool | None = None
+    lr: float | None = None
+    optimizer: Literal["adam", "sgd"] | None = None
+    start: int | None = None
+    stop: int | None = None
+    every: int | None = None
+
+    def apply(self, spec: ParamSpec) -> ParamSpec:
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(spec, **changes)
+
+
+@dataclasses.dataclass
+class Trace:
+    """Intermediates of one forward evaluation, for classical algorithms and diagnostics.
+
+    Attributes:
+        exit_wave: (B, M, H, W) complex, the field leaving the sample.
+        detector_field: (B, M, H, W) complex, in the propagator's native layout.
+        intensity: (B, H, W) real, the predicted counts (native layout).
+    """
+
+    exit_wave: Tensor
+    detector_field: Tensor
+    intensity: Tensor
+
+
+class ForwardModel(nn.Module):
+    """Base class of all modalities. Subclasses set ``Config`` and implement the hooks."""
+
+    Config: ClassVar[type]
+    needs_positions: ClassVar[bool] = True
+
+    def __init__(self, propagator: Propagator, measurement: Measurement) -> None:
+        super().__init__()
+        self.propagator = propagator
+        self.measurement = measurement
+
+    # --- the fixed pipeline -------------------------------------------------------------
+    def forward(self, index: Tensor) -> Tensor:
+        """Predicted intensities (B, H, W), native layout, for pattern indices (B,)."""
+        return self.measurement(self.propagator(self.exit_wave(index)), index)
+
+    def trace(self, index: Tensor) -> Trace:
+        psi = self.exit_wave(index)
+        field = self.propagator(psi)
+        return Trace(psi, field, self.measurement(field, index))
+
+    # --- what a modality writes ---------------------------------------------------------
+    def exit_wave(self, index: Tensor) -> Tensor:
+        """Exit waves (B, M, H, W) complex for pattern indices (B,)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_data(
+        cls, data: Any, config: Any, *, generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> ForwardModel:
+        raise NotImplementedError
+
+    def initial_guesses(self, data: Any) -> list[tuple[str, dict[str, Tensor]]]:
+        """Alternative starting values ``(label, {name: tensor})`` worth a short trial each.
+
+        Empty by default; a modality whose start is ambiguous from the data alone (e.g. the
+        curvature of a far-field probe) lists candidates and the best-fitting one is kept.
+        """
+        return []
+
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Default optimisation plan for each named parameter."""
+        raise NotImplementedError
+
+    def named_fields(self) -> dict[str, nn.Parameter]:
+        """Learnable tensors by canonical name (object, probe, positions, flux, ...)."""
+        fields = {name: p for name, p in self.named_parameters() if "." not in name}
+        fields.update(self.measurement.named_fields())
+        return fields
+
+    def constrain(self) -> None:
+        """Hard projections applied after every step (in place, no autograd)."""
+        self.measurement.constrain()
+
+    def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
+        """For PIE preconditioners: per parameter, the intensity of what multiplies it.
+
+        A modality whose exit wave is a product (object patch x probe) returns, for
+        ``object``, the summed |probe|^2 on the object grid and, for ``probe``, the summed
+        |object patch|^2 on the probe grid, for the batch ``index``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support PIE updates")
+
+    def results(self) -> dict[str, Any]:
+        """Outputs in physical units (numpy arrays, floats), DC-centred where on a detector."""
+        raise NotImplementedError
+
+    def truth_mask(self) -> np.ndarray | None:
+        """Where comparisons with ground truth count (e.g. the well-illuminated region)."""
+        return None
+
+
+models: Registry[type[ForwardModel]] = Registry("modality")

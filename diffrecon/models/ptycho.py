@@ -1,0 +1,280 @@
+"""Ptychography: a probe scanned over a thin object, far-field or near-field detection.
+
+Exit wave for pattern n and probe mode m (Thibault & Menzel 2013):
+    psi_nm(r) = O(r + c_n) * P_m(r - f_n)
+where c_n is the integer and f_n the fractional part of the probe-window corner (object pixels).
+The geometry is chosen by composition: ``FarField`` (default) or ``AngularSpectrum`` over the
+(optionally Fresnel-scaled) detector distance for near-field data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffrecon.config import doc
+from diffrecon.data.container import DiffractionData
+from diffrecon.models.base import ForwardModel, ParamSpec, models
+from diffrecon.models.measurement import Measurement
+from diffrecon.physics.modes import orthogonalize_modes
+from diffrecon.physics.optics import farfield_pixel_size_m, fresnel_scaling
+from diffrecon.physics.propagators import AngularSpectrum, FarField, Propagator
+from diffrecon.physics.shifts import (
+    extract_patches,
+    illumination_map,
+    insert_patches,
+    shifted_copies,
+)
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class PtychoConfig:
+    geometry: Literal["far_field", "near_field"] = doc(
+        "far_field", "far_field (Fraunhofer) or near_field (angular spectrum over distance_m)"
+    )
+    focus_to_sample_m: float | None = doc(
+        None, "near field with a divergent beam: focus-sample distance (Fresnel scaling)"
+    )
+    probe_modes: int = doc(1, "number of incoherent probe modes (mixed states)")
+    padding_px: int = doc(8, "object margin around the scan, pixels")
+    subpixel: bool = doc(True, "place the probe at sub-pixel positions (Fourier shift)")
+    object_amplitude_max: float | None = doc(
+        None, "hard constraint |object| <= value after each step (1 for passive samples)"
+    )
+
+
+def _geometry(
+    data: DiffractionData, config: PtychoConfig
+) -> tuple[Propagator, tuple[float, float]]:
+    """The propagator and the sample-plane pixel size (y, x) in metres for this geometry."""
+    h, w = data.frame_shape
+    if config.geometry == "far_field":
+        pixel = (
+            farfield_pixel_size_m(data.wavelength_m, data.distance_m, h,
+                                  data.detector_pixel_size_m[0]),
+            farfield_pixel_size_m(data.wavelength_m, data.distance_m, w,
+                                  data.detector_pixel_size_m[1]),
+        )
+        return FarField(), pixel
+    distance, pixel = data.distance_m, data.detector_pixel_size_m
+    if config.focus_to_sample_m is not None:
+        scaled = [fresnel_scaling(config.focus_to_sample_m, data.distance_m, p) for p in pixel]
+        pixel = (scaled[0][0], scaled[1][0])
+        distance = scaled[0][1]
+    return AngularSpectrum((h, w), pixel, data.wavelength_m, distance), pixel
+
+
+def mean_pattern(data: DiffractionData, chunk: int = 256) -> Tensor:
+    """Mean counts over the scan (H, W), DC-centred, masked pixels filled to keep the total."""
+    valid = torch.as_tensor(data.valid_mask())
+    total = torch.zeros(data.frame_shape, dtype=torch.float64)
+    for start in range(0, data.num_patterns, chunk):
+        total += torch.as_tensor(np.asarray(data.patterns[start : start + chunk])).sum(0)
+    mean = torch.where(valid, total / data.num_patterns, 0.0)
+    # masked pixels hold no counts: rescale so the probe carries the full mean intensity
+    return mean * (total.sum() / data.num_patterns) / mean.sum().clamp(min=1e-30)
+
+
+def curved_probe(mean: Tensor, propagator: Propagator, curvature_px2: float) -> Tensor:
+    """Probe (1, H, W) whose far-field amplitude is sqrt(``mean``), with a quadratic phase.
+
+    The phase pi * a * k^2 (k in cycles per pixel) is a defocus: by stationary phase it maps
+    the frequency k to the position a * k, so a = R / k_max gives a probe of radius R pixels.
+    """
+    h, w = mean.shape
+    ky = torch.fft.fftshift(torch.fft.fftfreq(h, dtype=torch.float64))
+    kx = torch.fft.fftshift(torch.fft.fftfreq(w, dtype=torch.float64))
+    k2 = ky[:, None].square() + kx[None, :].square()
+    field = torch.sqrt(mean) * torch.exp(1j * math.pi * curvature_px2 * k2)
+    return propagator.backpropagate(field).to(torch.complex64)[None]
+
+
+def add_modes(probe: Tensor, modes: int, generator: torch.Generator | None) -> Tensor:
+    """Extend (M0, H, W) to ``modes`` modes (new ones at 5% power each), orthogonalised."""
+    extra = [
+        probe[0] * torch.randn(probe.shape[-2:], generator=generator, dtype=torch.complex64)
+        * math.sqrt(0.05)
+        for _ in range(modes - probe.shape[0])
+    ]
+    return orthogonalize_modes(torch.cat([probe, *[e[None] for e in extra]])[:modes])
+
+
+def energy_radius(image: Tensor, fraction: float = 0.9) -> float:
+    """Radius (pixels, from the array centre) holding ``fraction`` of the image's sum."""
+    h, w = image.shape
+    y = torch.arange(h, dtype=torch.float64) - h // 2
+    x = torch.arange(w, dtype=torch.float64) - w // 2
+    radius = torch.sqrt(y[:, None].square() + x[None, :].square()).flatten()
+    order = torch.argsort(radius)
+    cumulative = torch.cumsum(image.flatten()[order].double(), 0) / image.sum()
+    return float(radius[order][torch.searchsorted(cumulative, fraction).clamp(max=h * w - 1)])
+
+
+@models.register("ptycho")
+class Ptycho(ForwardModel):
+    """Far- or near-field ptychography with mixed-state probe, positions, flux and background.
+
+    Parameters (canonical names): ``object`` (1, H, W) complex transmission; ``probe``
+    (M, h, w) complex, sqrt(photons) per pixel; ``positions`` (N, 2) probe-window corners in
+    object pixels (y, x); ``flux`` (N,); ``background`` (h, w) counts, native layout.
+    """
+
+    Config = PtychoConfig
+
+    def __init__(
+        self, object_: Tensor, probe: Tensor, positions_px: Tensor, propagator: Propagator,
+        pixel_size_m: tuple[float, float], origin_m: tuple[float, float],
+        config: PtychoConfig,
+    ) -> None:
+        super().__init__(propagator, Measurement(positions_px.shape[0], probe.shape[-2:]))
+        self.object = nn.Parameter(object_)
+        self.probe = nn.Parameter(probe)
+        self.positions = nn.Parameter(positions_px)
+        self.register_buffer("initial_positions", positions_px.detach().clone())
+        self.pixel_size_m = pixel_size_m
+        self.origin_m = origin_m
+        self.config = config
+
+    @classmethod
+    def from_data(
+        cls, data: DiffractionData, config: PtychoConfig, *,
+        generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    ) -> Ptycho:
+        propagator, pixel = _geometry(data, config)
+        if data.probe_guess is not None:
+            guess = torch.as_tensor(np.asarray(data.probe_guess), dtype=torch.complex64)
+            probe = guess.reshape(-1, *data.frame_shape)
+        else:
+            probe = curved_probe(mean_pattern(data), propagator, 0.0)
+        probe = add_modes(probe, config.probe_modes, generator)
+        positions_m = np.asarray(data.positions_m, dtype=np.float64)
+        centre_px = positions_m / np.asarray(pixel)
+        half = np.array(data.frame_shape) // 2
+        corner = centre_px - half
+        offset = corner.min(axis=0) - config.padding_px
+        corner -= offset
+        shape = np.ceil(corner.max(axis=0)).astype(int) + np.array(data.frame_shape)
+        shape += config.padding_px + 1
+        origin = tuple(float(v) for v in offset * np.asarray(pixel))
+        obj = torch.ones((1, *shape.tolist()), dtype=torch.complex64)
+        model = cls(
+            obj, probe, torch.as_tensor(corner, dtype=torch.float32), propagator,
+            (float(pixel[0]), float(pixel[1])), (origin[0], origin[1]), config,
+        )
+        return model.to(device)
+
+    def param_specs(self) -> dict[str, ParamSpec]:
+        probe_scale = float(self.probe.detach().abs().max())
+        return {
+            "object": ParamSpec(lr=0.02),
+            "probe": ParamSpec(lr=0.02 * probe_scale, start=1),
+            "positions": ParamSpec(enabled=False, lr=0.05, start=10),
+            "flux": ParamSpec(enabled=False, lr=0.01, start=10),
+            "background": ParamSpec(enabled=False, lr=0.1, start=10),
+        }
+
+    def initial_guesses(self, data: DiffractionData) -> list[tuple[str, dict[str, Tensor]]]:
+        """Far field without a probe guess: probes of several sizes (defocus either way).
+
+        The mean pattern fixes the probe's far-field amplitude but not its curvature, and a
+        flat-phase guess (a focus) far smaller than the real, defocused beam converges slowly
+        or not at all. Radii N/8, N/5 and N/3.5 (with both signs of curvature) and the focus
+        are tried; the reconstructor keeps the one whose short trial fits the data best.
+        """
+        if data.probe_guess is not None or not isinstance(self.propagator, FarField):
+            return []
+        mean = mean_pattern(data)
+        frame = min(data.frame_shape)
+        k_max = max(energy_radius(mean), 1.0) / frame  # cycles per pixel
+        candidates = [("focus", 0.0)]
+        for divisor in (8.0, 5.0, 3.5):
+            radius = frame / divisor
+            candidates += [(f"radius {radius:.0f} px {sign}", s * radius / k_max)
+                           for sign, s in (("+", 1.0), ("-", -1.0))]
+        return [
+            (label, {"probe": add_modes(curved_probe(mean, self.propagator, a),
+                                        self.probe.shape[0], torch.Generator().manual_seed(0))
+                                        .to(self.probe.device)})
+            for label, a in candidates
+        ]
+
+    def _placement(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        positions = self.positions[index]
+        corners = positions.detach().floor()
+        return corners.long(), positions - corners
+
+    def probes_at(self, index: Tensor) -> Tensor:
+        """Probe modes placed at the sub-pixel offsets of patterns ``index``: (B, M, h, w)."""
+        corners, fraction = self._placement(index)
+        if self.config.subpixel:
+            return shifted_copies(self.probe, fraction)
+        return self.probe.expand(index.shape[0], *self.probe.shape)
+
+    def exit_wave(self, index: Tensor) -> Tensor:
+        corners, _ = self._placement(index)
+        patches = extract_patches(self.object, corners, tuple(self.probe.shape[-2:]))
+        return patches * self.probes_at(index)  # (B, 1, h, w) * (B, M, h, w)
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        super().constrain()
+        limit = self.config.object_amplitude_max
+        if limit is not None:
+            amplitude = self.object.abs()
+            self.object.mul_(torch.where(amplitude > limit, limit / amplitude, 1.0))
+        low = torch.zeros(2, device=self.positions.device)
+        high = torch.tensor(self.object.shape[-2:], device=low.device) - torch.tensor(
+            self.probe.shape[-2:], device=low.device
+        ) - 1
+        self.positions.clamp_(min=low, max=high)
+        if self.probe.shape[0] > 1:
+            self.probe.copy_(orthogonalize_modes(self.probe))
+
+
+    def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
+        corners, _ = self._placement(index)
+        probe_intensity = self.probes_at(index).abs().square().sum(1)  # (B, h, w)
+        on_object = insert_patches(probe_intensity, corners, tuple(self.object.shape[-2:]))
+        patches = extract_patches(self.object, corners, tuple(self.probe.shape[-2:]))
+        on_probe = patches.abs().square().sum(dim=(0, 1))
+        return {"object": on_object[None], "probe": on_probe[None]}
+
+    @torch.no_grad()
+    def illumination(self) -> Tensor:
+        """Summed probe intensity over the scan on the object grid, shape (H, W)."""
+        corners = self.positions.detach().round().long()
+        intensity = self.probe.abs().square().sum(0)
+        return illumination_map(intensity, corners, tuple(self.object.shape[-2:]))
+
+    def truth_mask(self) -> np.ndarray:
+        illumination = self.illumination().cpu().numpy()
+        return illumination > 0.1 * illumination.max()
+
+    def positions_m(self, positions_px: Tensor | None = None) -> np.ndarray:
+        """Probe-centre positions (N, 2) in metres, (y, x), from window corners in pixels."""
+        px = (self.positions if positions_px is None else positions_px).detach().cpu().numpy()
+        centre = px.astype(np.float64) + np.array(self.probe.shape[-2:]) // 2
+        return centre * np.asarray(self.pixel_size_m) + np.asarray(self.origin_m)
+
+    def results(self) -> dict[str, Any]:
+        return {
+            "object": self.object.detach().cpu().numpy(),
+            "probe": self.probe.detach().cpu().numpy(),
+            "positions_m": self.positions_m(),
+            "positions_px": self.positions.detach().cpu().numpy(),
+            "positions_initial_px": self.initial_positions.cpu().numpy(),
+            "flux": self.measurement.flux.detach().cpu().numpy(),
+            "background": self.propagator.from_native(self.measurement.background.detach())
+            .cpu()
+            .numpy(),
+            "illumination": self.illumination().cpu().numpy(),
+            "pixel_size_m": np.asarray(self.pixel_size_m),
+            "origin_m": np.asarray(self.origin_m),
+        }

@@ -1,0 +1,1 @@
+"""Pure physics kernels: FFTs, propagators, shifts, optics, modes. No learnable parameters."""

@@ -1,0 +1,125 @@
+"""Sub-pixel shifts and the patch extract/insert pair that places a probe on an object.
+
+Positions are *pixel* coordinates (y, x) of a probe window's top-left corner on the object
+array. ``extract_patches`` and ``insert_patches`` are exact adjoints of each other, so autograd
+and the classical algorithms agree on what "putting a patch back" means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def translate(field: Tensor, shift_px: Tensor) -> Tensor:
+    """Translate ``field`` (..., H, W) by ``shift_px`` (..., 2) pixels (y, x), circularly.
+
+    Uses the Fourier shift theorem, so the result is exact for band-limited fields and
+    differentiable with respect to the shift. Positive shifts move content to larger indices;
+    an integer shift equals ``torch.roll``.
+    """
+    h, w = field.shape[-2:]
+    ky = torch.fft.fftfreq(h, device=field.device, dtype=shift_px.dtype)
+    kx = torch.fft.fftfreq(w, device=field.device, dtype=shift_px.dtype)
+    sy = shift_px[..., 0, None, None]
+    sx = shift_px[..., 1, None, None]
+    ramp = torch.polar(
+        torch.ones((), dtype=shift_px.dtype, device=field.device),
+        -2 * math.pi * (sy * ky[:, None] + sx * kx[None, :]),
+    )
+    return torch.fft.ifft2(torch.fft.fft2(field) * ramp.to(field.dtype))
+
+
+def patch_indices(corners: Tensor, patch_shape: tuple[int, int], width: int) -> Tensor:
+    """Flat object indices of the patches with integer ``corners`` (B, 2): shape (B, h*w)."""
+    h, w = patch_shape
+    dy = torch.arange(h, device=corners.device)
+    dx = torch.arange(w, device=corners.device)
+    offsets = (dy[:, None] * width + dx[None, :]).reshape(-1)
+    start = corners[:, 0] * width + corners[:, 1]
+    return start[:, None] + offsets[None, :]
+
+
+def _gather(obj: Tensor, index: Tensor, patch_shape: tuple[int, int]) -> Tensor:
+    lead = obj.shape[:-2]
+    patches = obj.reshape(*lead, -1)[..., index]  # (..., B, h*w)
+    return patches.movedim(-2, 0).reshape(index.shape[0], *lead, *patch_shape)
+
+
+class _ExtractPatches(torch.autograd.Function):
+    """Gather with an ``index_add_`` backward (much faster on CPU than autograd's index_put)."""
+
+    @staticmethod
+    def forward(ctx, obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(corners)
+        ctx.object_shape = tuple(obj.shape)
+        return _gather(obj, patch_indices(corners, patch_shape, obj.shape[-1]), patch_shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (corners,) = ctx.saved_tensors
+        return insert_patches(grad, corners, ctx.object_shape), None, None
+
+
+def extract_patches(obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) -> Tensor:
+    """Cut patches out of ``obj`` (..., H, W) at integer ``corners`` (B, 2) -> (B, ..., h, w).
+
+    Corners must keep the patches inside the object (the models pad their objects so). The
+    gradient with respect to ``obj`` is ``insert_patches`` (the exact adjoint).
+    """
+    if obj.requires_grad:
+        return _ExtractPatches.apply(obj, corners, tuple(patch_shape))
+    return _gather(obj, patch_indices(corners, patch_shape, obj.shape[-1]), patch_shape)
+
+
+def insert_patches(
+    patches: Tensor, corners: Tensor, object_shape: tuple[int, ...]
+) -> Tensor:
+    """Adjoint of ``extract_patches``: sum ``patches`` (B, ..., h, w) into a zero object.
+
+    Returns shape ``object_shape`` (..., H, W); overlapping patches add up.
+    """
+    h, w = patches.shape[-2:]
+    lead = tuple(object_shape[:-2])
+    index = patch_indices(corners, (h, w), object_shape[-1]).reshape(-1)
+    values = patches.reshape(patches.shape[0], *lead, h * w).movedim(0, -2).reshape(*lead, -1)
+    out = torch.zeros(
+        (*lead, object_shape[-2] * object_shape[-1]), dtype=patches.dtype, device=patches.device
+    )
+    out.index_add_(-1, index, values)
+    return out.reshape(object_shape)
+
+
+def illumination_map(
+    probe_intensity: Tensor, corners: Tensor, object_shape: tuple[int, int]
+) -> Tensor:
+    """Summed probe intensity over all scan positions on the object grid (the overlap map).
+
+    Args:
+        probe_intensity: (h, w) real, sum over modes of |P|^2.
+        corners: (N, 2) integer probe-window corners in object pixels.
+        object_shape: (H, W).
+    """
+    patches = probe_intensity.expand(corners.shape[0], *probe_intensity.shape)
+    return insert_patches(patches, corners, object_shape)
+
+
+def shifted_copies(field: Tensor, shifts_px: Tensor) -> Tensor:
+    """Copies of ``field`` (M, h, w) translated by each of ``shifts_px`` (B, 2): (B, M, h, w).
+
+    One FFT of the M modes, then B*M inverse FFTs; the phase ramp is separable, so it is built
+    from two 1D ramps. Differentiable with respect to both arguments.
+    """
+    h, w = field.shape[-2:]
+    real = shifts_px.dtype
+    ky = torch.fft.fftfreq(h, device=field.device, dtype=real)
+    kx = torch.fft.fftfreq(w, device=field.device, dtype=real)
+    one = torch.ones((), dtype=real, device=field.device)
+    ramp_y = torch.polar(one, -2 * math.pi * shifts_px[:, 0, None] * ky).to(field.dtype)
+    ramp_x = torch.polar(one, -2 * math.pi * shifts_px[:, 1, None] * kx).to(field.dtype)
+    spectrum = torch.fft.fft2(field)
+    ramp = ramp_y[:, None, :, None] * ramp_x[:, None, None, :]
+    return torch.fft.ifft2(spectrum[None] * ramp)

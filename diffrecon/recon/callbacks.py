@@ -1,0 +1,140 @@
+"""Callbacks of the reconstruction loop: progress bar, metrics, TensorBoard, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffrecon.recon.checkpoint import save_checkpoint
+from diffrecon.recon.reconstructor import Reconstructor
+from diffrecon.tracking import Logger
+
+log = logging.getLogger("diffrecon")
+
+
+class ProgressBar:
+    """A tqdm bar over epochs showing the loss, the latest metrics and the ETA."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def on_start(self, run: Reconstructor) -> None:
+        self.bar = tqdm(total=run.config.epochs, initial=run.epoch, unit="epoch",
+                        disable=not self.enabled, dynamic_ncols=True, leave=True)
+
+    def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
+        postfix = {"loss": f"{logs['loss/total']:.4g}"}
+        for name, values in run.history.items():
+            if name.startswith("metric/") and values:
+                postfix[name.split("/", 1)[1]] = f"{values[-1]:.3g}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def on_end(self, run: Reconstructor) -> None:
+        self.bar.close()
+
+
+class Metrics:
+    """Every ``every`` epochs, record ``evaluate(model) -> {name: value}`` as ``metric/<name>``.
+
+    Used with ground truth (simulated data); history holds NaN on epochs not evaluated, so
+    every history entry stays one value per epoch.
+    """
+
+    def __init__(self, evaluate: Callable[[Any], dict[str, float]], every: int = 5) -> None:
+        self.evaluate, self.every = evaluate, every
+
+    def on_start(self, run: Reconstructor) -> None:
+        pass
+
+    def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
+        last = epoch + 1 == run.config.epochs
+        values = self.evaluate(run.model) if (epoch + 1) % self.every == 0 or last else {}
+        names = set(values) | {k.split("/", 1)[1] for k in run.history if k.startswith("metric/")}
+        for name in names:
+            value = values.get(name, float("nan"))
+            run.history[f"metric/{name}"].append(value)
+            if name in values:
+                logs[f"metric/{name}"] = value
+
+    def on_end(self, run: Reconstructor) -> None:
+        pass
+
+
+class TensorBoard:
+    """Scalars every epoch; object/probe images every ``image_every`` epochs; hparams at end."""
+
+    def __init__(self, logger: Logger, hparams: dict[str, Any], image_every: int = 10) -> None:
+        self.logger, self.hparams, self.image_every = logger, hparams, image_every
+
+    def on_start(self, run: Reconstructor) -> None:
+        pass
+
+    def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
+        step = epoch + 1
+        self.logger.scalars(logs, step)
+        self.logger.scalars({f"lr/{k}": v for k, v in run.plan.learning_rates().items()}, step)
+        if step % self.image_every == 0 or step == run.config.epochs:
+            self.images(run, step)
+
+    def images(self, run: Reconstructor, step: int) -> None:
+        results = run.model.results()
+        if "object" in results:
+            obj = np.asarray(results["object"])
+            self.logger.complex_image("object", obj.reshape(-1, *obj.shape[-2:])[0], step)
+        if "probe" in results:
+            for mode, field in enumerate(np.asarray(results["probe"])[:4]):
+                self.logger.complex_image(f"probe/mode{mode}", field, step)
+
+    def on_end(self, run: Reconstructor) -> None:
+        final = {k: v[-1] for k, v in run.history.items()
+                 if (k.startswith("metric/") or k == "loss/total") and v and np.isfinite(v[-1])}
+        self.logger.hparams(self.hparams, {f"final/{k}": float(v) for k, v in final.items()})
+        self.logger.flush()
+
+
+class Checkpoint:
+    """Atomically write the full run state every ``every`` epochs and at the end."""
+
+    def __init__(self, path: str | Path, config: Any, every: int = 10) -> None:
+        self.path, self.config, self.every = Path(path), config, every
+
+    def state(self, run: Reconstructor) -> dict[str, Any]:
+        return {
+            "epoch": run.epoch,
+            "model": run.model.state_dict(),
+            "plan": run.plan.state_dict(),
+            "algorithm_state": run.state,
+            "history": dict(run.history),
+            "recoveries": run.recoveries,
+            "config": dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config)
+            else self.config,
+        }
+
+    def on_start(self, run: Reconstructor) -> None:
+        pass
+
+    def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
+        if self.every and (epoch + 1) % self.every == 0:
+            save_checkpoint(self.path, self.state(run))
+
+    def on_end(self, run: Reconstructor) -> None:
+        save_checkpoint(self.path, self.state(run))
+
+
+def resume(run: Reconstructor, state: dict[str, Any]) -> None:
+    """Put a freshly built run into the state a checkpoint recorded."""
+    run.model.load_state_dict(state["model"])
+    run.plan.load_state_dict(state["plan"])
+    run.state = state["algorithm_state"]
+    run.history.clear()
+    run.history.update({k: list(v) for k, v in state["history"].items()})
+    run.epoch = int(state["epoch"])
+    run.recoveries = int(state["recoveries"])

@@ -1,0 +1,64 @@
+"""Per-parameter optimisers and schedules built from the model's ``ParamSpec`` plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffrecon.models.base import ParamSpec
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class ParameterPlan:
+    """One optimiser per named parameter, each with its own step size and active epochs.
+
+    Args:
+        fields: learnable tensors by canonical name.
+        specs: how each is optimised; names absent from ``specs`` or disabled are frozen.
+        force_optimizer: build every optimiser of this kind (PIE uses plain SGD with lr 1).
+    """
+
+    def __init__(
+        self, fields: dict[str, nn.Parameter], specs: dict[str, ParamSpec],
+        force_optimizer: str | None = None, force_lr: float | None = None,
+    ) -> None:
+        self.fields = fields
+        self.specs = specs
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for name, spec in specs.items():
+            if not spec.enabled or name not in fields:
+                continue
+            kind = force_optimizer or spec.optimizer
+            lr = spec.lr if force_lr is None else force_lr
+            self.optimizers[name] = _OPTIMIZERS[kind]([fields[name]], lr=lr)
+
+    def active(self, epoch: int) -> list[str]:
+        """Names of the parameters updated in ``epoch``."""
+        return [name for name in self.optimizers if self.specs[name].active(epoch)]
+
+    def zero_grad(self) -> None:
+        for parameter in self.fields.values():
+            parameter.grad = None
+
+    def step(self, names: list[str]) -> None:
+        for name in names:
+            self.optimizers[name].step()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+
+    def scale_learning_rates(self, factor: float) -> None:
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, optimizer_state in state.items():
+            if name in self.optimizers:
+                self.optimizers[name].load_state_dict(optimizer_state)

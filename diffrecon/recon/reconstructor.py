@@ -1,0 +1,152 @@
+"""The one reconstruction loop every modality and algorithm runs in."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from collections import defaultdict
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from diffrecon.algorithms.base import Algorithm, Batch
+from diffrecon.config import doc
+from diffrecon.data.dataset import PatternBatches, compact_batches, random_batches
+from diffrecon.errors import DivergenceError
+from diffrecon.models.base import ForwardModel
+from diffrecon.recon.objective import Objective
+from diffrecon.recon.optim import ParameterPlan
+
+Tensor = torch.Tensor
+log = logging.getLogger("diffrecon")
+
+
+@dataclasses.dataclass
+class ReconConfig:
+    epochs: int = doc(100, "passes over all patterns")
+    batch_size: int = doc(0, "patterns per update; 0 picks from the data size")
+    sampler: Literal["random", "compact"] = doc("random", "batch composition")
+    seed: int = doc(0, "seed of initial guesses and batch order")
+    device: str = doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    max_recoveries: int = doc(5, "NaN/Inf rollbacks (each halves the steps) before giving up")
+    checkpoint_every: int = doc(10, "write checkpoint.pt every n epochs (0: only at the end)")
+
+
+class Callback(Protocol):
+    def on_start(self, run: Reconstructor) -> None: ...
+    def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None: ...
+    def on_end(self, run: Reconstructor) -> None: ...
+
+
+def default_batch_size(num_patterns: int) -> int:
+    """About eight updates per epoch, between 16 and 256 patterns each."""
+    return int(min(256, max(16, math.ceil(num_patterns / 8))))
+
+
+class Reconstructor:
+    """Runs epochs of minibatch updates and hands each one to an ``Algorithm``.
+
+    It owns the schedule (which parameters are active when), the batch order, NaN/Inf
+    detection with rollback to the last good epoch, and the callbacks (progress, TensorBoard,
+    checkpoints, metrics). ``history`` maps a scalar name to its per-epoch values.
+    """
+
+    def __init__(
+        self, model: ForwardModel, batches: PatternBatches, objective: Objective,
+        algorithm: Algorithm, plan: ParameterPlan, config: ReconConfig,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
+        self.model, self.batches, self.objective = model, batches, objective
+        self.algorithm, self.plan, self.config = algorithm, plan, config
+        self.callbacks = list(callbacks or [])
+        self.batch_size = config.batch_size or default_batch_size(len(batches))
+        self.state = algorithm.init_state(model)
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self.epoch = 0  # next epoch to run
+        self.recoveries = 0
+        self._compact: list[Tensor] | None = None
+
+    def _epoch_batches(self, epoch: int) -> list[Tensor]:
+        n, seed = len(self.batches), self.config.seed
+        if self.config.sampler == "random":
+            return random_batches(n, self.batch_size, seed, epoch)
+        if self._compact is None:
+            positions = getattr(self.model, "positions", None)
+            xy = np.zeros((n, 2)) if positions is None else positions.detach().cpu().numpy()
+            self._compact = compact_batches(xy, self.batch_size, seed)
+        order = torch.randperm(len(self._compact),
+                               generator=torch.Generator().manual_seed(seed + epoch))
+        return [self._compact[i] for i in order]
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        active = self.plan.active(epoch)
+        # Frozen parameters must not pull autograd through their part of the graph
+        # (e.g. the sub-pixel shift's derivative when positions are not refined).
+        for name, parameter in self.model.named_fields().items():
+            parameter.requires_grad_(name in active)
+        totals: dict[str, float] = defaultdict(float)
+        device = self.batches.device
+        for index in self._epoch_batches(epoch):
+            batch = Batch(index.to(device), self.batches(index), self.batches.valid)
+            terms = self.algorithm.step(self.model, batch, self.objective, self.plan, active,
+                                        self.state)
+            for name, value in terms.items():
+                totals[name] += value
+        n = len(self.batches)
+        logs = {f"loss/{name}": value / n for name, value in totals.items()}
+        logs["loss/total"] = sum(totals.values()) / n
+        return logs
+
+    def _finite(self, logs: dict[str, float]) -> bool:
+        if not all(math.isfinite(v) for v in logs.values()):
+            return False
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"model": copy.deepcopy(self.model.state_dict()),
+                "plan": copy.deepcopy(self.plan.state_dict()),
+                "state": {k: v.clone() for k, v in self.state.items()}}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.plan.load_state_dict(copy.deepcopy(snapshot["plan"]))
+        self.state = {k: v.clone() for k, v in snapshot["state"].items()}
+
+    def run(self) -> dict[str, list[float]]:
+        """Run from ``self.epoch`` to ``config.epochs``; returns the history."""
+        for callback in self.callbacks:
+            callback.on_start(self)
+        while self.epoch < self.config.epochs:
+            epoch = self.epoch
+            good = self.snapshot()
+            logs = self.run_epoch(epoch)
+            if not self._finite(logs):
+                self._recover(good, epoch)
+                continue
+            for name, value in logs.items():
+                self.history[name].append(value)
+            for name, lr in self.plan.learning_rates().items():
+                self.history[f"lr/{name}"].append(lr)
+            self.epoch += 1
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, logs)
+        for callback in self.callbacks:
+            callback.on_end(self)
+        return dict(self.history)
+
+    def _recover(self, good: dict[str, Any], epoch: int) -> None:
+        self.recoveries += 1
+        if self.recoveries > self.config.max_recoveries:
+            raise DivergenceError(
+                f"epoch {epoch}: NaN/Inf persisted after {self.config.max_recoveries} rollbacks "
+                "with halved step sizes; lower params.<name>.lr or check the data"
+            )
+        log.warning("epoch %d: NaN/Inf detected; rolled back to the last good state and "
+                    "halved all step sizes (recovery %d of %d)", epoch, self.recoveries,
+                    self.config.max_recoveries)
+        self.restore(good)
+        self.plan.scale_learning_rates(0.5)
+        self.history["recoveries"].append(float(epoch))
