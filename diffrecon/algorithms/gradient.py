@@ -16,8 +16,23 @@ Tensor = torch.Tensor
 class GradientStep(Algorithm):
     """Minimise the objective with each parameter's own optimiser (Adam by default)."""
 
+    @torch.no_grad()
     def precondition(self, model: ForwardModel, batch: Batch, active: list[str]) -> None:
-        """Rescale gradients in place before the optimisers step (none by default)."""
+        """Divide per-pattern gradients by the model's Gauss-Newton curvature.
+
+        With plain SGD the step on, e.g., a position is then a fraction ``lr`` of a Newton
+        step: large where the data pin the position down, vanishing where they do not (a
+        flat object region), instead of the constant-size random walk of Adam there.
+        """
+        curvatures = model.curvatures(batch.index)
+        fields = model.named_fields()
+        for name, curvature in curvatures.items():
+            grad = fields[name].grad
+            if name not in active or grad is None:
+                continue
+            # Levenberg-Marquardt damping keeps weakly constrained rows from jumping on noise
+            damping = 0.3 * curvature.mean().clamp(min=1e-30)
+            grad[batch.index] /= curvature + damping
 
     def step(self, model: ForwardModel, batch: Batch, objective: Any, plan: Any,
              active: list[str], state: dict[str, Tensor]) -> dict[str, float]:

@@ -37,6 +37,7 @@ class _PIE(GradientStep):
 
     @torch.no_grad()
     def precondition(self, model: ForwardModel, batch: Batch, active: list[str]) -> None:
+        super().precondition(model, batch, active)
         targets = [name for name in PIE_FIELDS if name in active]
         if not targets:
             return

@@ -45,7 +45,7 @@ def magnitude_projection(
 def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
     if valid is None:
         return values.sum()
-    return torch.where(valid, values, torch.zeros_like(values)).sum()
+    return torch.where(valid, values, 0.0).sum()
 
 
 class Likelihood:

@@ -141,6 +141,12 @@ class ForwardModel(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support PIE updates")
 
+    def curvatures(self, index: Tensor) -> dict[str, Tensor]:
+        """Gauss-Newton diagonal curvature of the loss for per-pattern parameters (rows
+        ``index``), e.g. ``positions`` (B, 2); a step -g / curvature is then a damped Newton
+        step. Parameters without an entry are not preconditioned."""
+        return {}
+
     def results(self) -> dict[str, Any]:
         """Outputs in physical units (numpy arrays, floats), DC-centred where on a detector."""
         raise NotImplementedError

@@ -23,6 +23,7 @@ from diffrecon.models.base import ForwardModel, ParamSpec, models
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics.modes import orthogonalize_modes
 from diffrecon.physics.optics import farfield_pixel_size_m, fresnel_scaling
+from diffrecon.physics.overlap import overlap
 from diffrecon.physics.propagators import AngularSpectrum, FarField, Propagator
 from diffrecon.physics.shifts import (
     extract_patches,
@@ -158,7 +159,8 @@ class Ptycho(ForwardModel):
         centre_px = positions_m / np.asarray(pixel)
         half = np.array(data.frame_shape) // 2
         corner = centre_px - half
-        offset = corner.min(axis=0) - config.padding_px
+        # integer offset: object grids of different scans of one sample stay commensurate
+        offset = np.floor(corner.min(axis=0)) - config.padding_px
         corner -= offset
         shape = np.ceil(corner.max(axis=0)).astype(int) + np.array(data.frame_shape)
         shape += config.padding_px + 1
@@ -175,7 +177,7 @@ class Ptycho(ForwardModel):
         return {
             "object": ParamSpec(lr=0.02),
             "probe": ParamSpec(lr=0.02 * probe_scale, start=1),
-            "positions": ParamSpec(enabled=False, lr=0.05, start=10),
+            "positions": ParamSpec(enabled=False, lr=1.0, optimizer="sgd", start=10),
             "flux": ParamSpec(enabled=False, lr=0.01, start=10),
             "background": ParamSpec(enabled=False, lr=0.1, start=10),
         }
@@ -212,15 +214,15 @@ class Ptycho(ForwardModel):
 
     def probes_at(self, index: Tensor) -> Tensor:
         """Probe modes placed at the sub-pixel offsets of patterns ``index``: (B, M, h, w)."""
-        corners, fraction = self._placement(index)
+        _, fraction = self._placement(index)
         if self.config.subpixel:
             return shifted_copies(self.probe, fraction)
         return self.probe.expand(index.shape[0], *self.probe.shape)
 
     def exit_wave(self, index: Tensor) -> Tensor:
-        corners, _ = self._placement(index)
-        patches = extract_patches(self.object, corners, tuple(self.probe.shape[-2:]))
-        return patches * self.probes_at(index)  # (B, 1, h, w) * (B, M, h, w)
+        corners, fraction = self._placement(index)
+        return overlap(self.object, self.probe, corners,
+                       fraction if self.config.subpixel else None)
 
     @torch.no_grad()
     def constrain(self) -> None:
@@ -245,6 +247,29 @@ class Ptycho(ForwardModel):
         patches = extract_patches(self.object, corners, tuple(self.probe.shape[-2:]))
         on_probe = patches.abs().square().sum(dim=(0, 1))
         return {"object": on_object[None], "probe": on_probe[None]}
+
+    @torch.no_grad()
+    def curvatures(self, index: Tensor) -> dict[str, Tensor]:
+        """Positions: 2 sum_r sum_m |P_m|^2 |d O / d r_a|^2 per axis a, shape (B, 2).
+
+        The Gauss-Newton curvature of the loss with respect to the probe-object offset. A
+        rigid shift of the whole exit wave only tilts the far-field phase, which intensities
+        never see, so the curvature comes from the *object* gradient under the probe (the
+        classic position-correction argument); a featureless region gives none, and the
+        position then stays put rather than wander.
+        """
+        corners, _ = self._placement(index)
+        size = tuple(self.probe.shape[-2:])
+        grown = (size[0] + 2, size[1] + 2)
+        low = (corners - 1).clamp(min=0)
+        patches = extract_patches(self.object.detach(), low, grown)[:, 0]  # (B, h+2, w+2)
+        slopes = [
+            (patches[:, 2:, 1:-1] - patches[:, :-2, 1:-1]) / 2,
+            (patches[:, 1:-1, 2:] - patches[:, 1:-1, :-2]) / 2,
+        ]
+        weight = self.probe.detach().abs().square().sum(0).flatten()  # (h*w,)
+        columns = [slope.abs().square().flatten(1) @ weight for slope in slopes]
+        return {"positions": 2 * torch.stack(columns, dim=1)}
 
     @torch.no_grad()
     def illumination(self) -> Tensor:

@@ -43,10 +43,12 @@ def patch_indices(corners: Tensor, patch_shape: tuple[int, int], width: int) -> 
     return start[:, None] + offsets[None, :]
 
 
-def _gather(obj: Tensor, index: Tensor, patch_shape: tuple[int, int]) -> Tensor:
-    lead = obj.shape[:-2]
-    patches = obj.reshape(*lead, -1)[..., index]  # (..., B, h*w)
-    return patches.movedim(-2, 0).reshape(index.shape[0], *lead, *patch_shape)
+def gather_windows(obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) -> Tensor:
+    # A strided view of every window, indexed once: far faster than a flat-index gather.
+    h, w = patch_shape
+    windows = obj.unfold(-2, h, 1).unfold(-2, w, 1)  # (..., H-h+1, W-w+1, h, w)
+    lead = obj.dim() - 2
+    return windows[(slice(None),) * lead + (corners[:, 0], corners[:, 1])].movedim(lead, 0)
 
 
 class _ExtractPatches(torch.autograd.Function):
@@ -56,7 +58,7 @@ class _ExtractPatches(torch.autograd.Function):
     def forward(ctx, obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) -> Tensor:
         ctx.save_for_backward(corners)
         ctx.object_shape = tuple(obj.shape)
-        return _gather(obj, patch_indices(corners, patch_shape, obj.shape[-1]), patch_shape)
+        return gather_windows(obj, corners, patch_shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -72,7 +74,7 @@ def extract_patches(obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) 
     """
     if obj.requires_grad:
         return _ExtractPatches.apply(obj, corners, tuple(patch_shape))
-    return _gather(obj, patch_indices(corners, patch_shape, obj.shape[-1]), patch_shape)
+    return gather_windows(obj, corners, patch_shape)
 
 
 def insert_patches(

@@ -32,8 +32,9 @@ class ProgressBar:
     def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
         postfix = {"loss": f"{logs['loss/total']:.4g}"}
         for name, values in run.history.items():
-            if name.startswith("metric/") and values:
-                postfix[name.split("/", 1)[1]] = f"{values[-1]:.3g}"
+            finite = [v for v in values if np.isfinite(v)] if name.startswith("metric/") else []
+            if finite:
+                postfix[name.split("/", 1)[1]] = f"{finite[-1]:.3g}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 

@@ -33,13 +33,21 @@ def overlap_crop(
     return estimate[es], truth[ts], (est_slices[0], est_slices[1])
 
 
-def truth_evaluator(truth: Truth) -> Callable[[ForwardModel], dict[str, float]]:
+def truth_evaluator(
+    truth: Truth, file_positions_m: np.ndarray | None = None
+) -> Callable[[ForwardModel], dict[str, float]]:
     """A function giving the ambiguity-removed errors of a model against ``truth``.
 
     ``nrmse`` is the complex NRMSE of the object (global phase, phase ramp and sub-pixel shift
     removed) over the model's ``truth_mask``; ``phase_rmse`` in radians over the same region;
-    ``position_error_px`` the rms position error (mean offset removed) in object pixels.
+    ``position_error_px`` the rms position error (mean offset removed) in object pixels, when
+    the positions in the file (``file_positions_m``) differ from the true ones.
     """
+    positions_known = truth.positions_m is not None and (
+        file_positions_m is None
+        or position_error(np.asarray(file_positions_m), truth.positions_m)
+        > 1e-3 * float(np.mean(truth.pixel_size_m))
+    )
 
     def evaluate(model: ForwardModel) -> dict[str, float]:
         results: dict[str, Any] = model.results()
@@ -55,7 +63,7 @@ def truth_evaluator(truth: Truth) -> Callable[[ForwardModel], dict[str, float]]:
             est2, tru2 = est.reshape(-1, *est.shape[-2:])[0], tru.reshape(-1, *tru.shape[-2:])[0]
             out["nrmse"] = nrmse(est2, tru2, mask=mask)
             out["phase_rmse"] = phase_rmse(est2, tru2, mask=mask)
-        if truth.positions_m is not None and "positions_m" in results:
+        if positions_known and "positions_m" in results:
             pixel = float(np.mean(results["pixel_size_m"]))
             error = position_error(np.asarray(results["positions_m"]), truth.positions_m)
             out["position_error_px"] = error / pixel

@@ -33,6 +33,9 @@ class ReconConfig:
     device: str = doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
     max_recoveries: int = doc(5, "NaN/Inf rollbacks (each halves the steps) before giving up")
     checkpoint_every: int = doc(10, "write checkpoint.pt every n epochs (0: only at the end)")
+    plateau_patience: int = doc(
+        3, "halve all step sizes when the loss has not improved for n epochs (0: never)"
+    )
 
 
 class Callback(Protocol):
@@ -130,12 +133,33 @@ class Reconstructor:
                 self.history[name].append(value)
             for name, lr in self.plan.learning_rates().items():
                 self.history[f"lr/{name}"].append(lr)
+            self._anneal_on_plateau()
             self.epoch += 1
             for callback in self.callbacks:
                 callback.on_epoch_end(self, epoch, logs)
         for callback in self.callbacks:
             callback.on_end(self)
         return dict(self.history)
+
+    def _anneal_on_plateau(self) -> None:
+        """Halve the steps once the loss stops improving for ``plateau_patience`` epochs.
+
+        Constant-step Adam keeps hopping around the optimum at the noise level and the error
+        creeps back up; annealing settles it. The patience window restarts after each change
+        of step size, which is read back from the ``lr/`` history (so a resumed run does the
+        same as an uninterrupted one).
+        """
+        patience = self.config.plateau_patience
+        losses = self.history["loss/total"]
+        rates = [v for k, v in self.history.items() if k.startswith("lr/")]
+        since = len(losses)
+        if rates:
+            changes = [i for i in range(1, len(rates[0])) if rates[0][i] != rates[0][i - 1]]
+            since = len(losses) - (changes[-1] if changes else 0)
+        if patience <= 0 or len(losses) <= patience or since <= patience:
+            return
+        if min(losses[-patience:]) > min(losses[:-patience]) * (1 - 1e-3):
+            self.plan.scale_learning_rates(0.5)
 
     def _recover(self, good: dict[str, Any], epoch: int) -> None:
         self.recoveries += 1
