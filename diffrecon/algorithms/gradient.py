@@ -24,11 +24,11 @@ class GradientStep(Algorithm):
         step: large where the data pin the position down, vanishing where they do not (a
         flat object region), instead of the constant-size random walk of Adam there.
         """
-        curvatures = model.curvatures(batch.index)
+        curvatures = model.curvatures(batch.index, active)
         fields = model.named_fields()
         for name, curvature in curvatures.items():
             grad = fields[name].grad
-            if name not in active or grad is None:
+            if grad is None:
                 continue
             # Levenberg-Marquardt damping keeps weakly constrained rows from jumping on noise
             damping = 0.3 * curvature.mean().clamp(min=1e-30)

@@ -132,6 +132,9 @@ class ForwardModel(nn.Module):
         """Hard projections applied after every step (in place, no autograd)."""
         self.measurement.constrain()
 
+    def end_epoch(self, epoch: int) -> None:
+        """Housekeeping once per epoch (e.g. re-orthogonalising probe modes); no autograd."""
+
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
         """For PIE preconditioners: per parameter, the intensity of what multiplies it.
 
@@ -141,10 +144,10 @@ class ForwardModel(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support PIE updates")
 
-    def curvatures(self, index: Tensor) -> dict[str, Tensor]:
-        """Gauss-Newton diagonal curvature of the loss for per-pattern parameters (rows
-        ``index``), e.g. ``positions`` (B, 2); a step -g / curvature is then a damped Newton
-        step. Parameters without an entry are not preconditioned."""
+    def curvatures(self, index: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """Gauss-Newton diagonal curvature of the loss for those per-pattern parameters among
+        ``names`` that have one (rows ``index``), e.g. ``positions`` (B, 2); a step
+        -g / curvature is then a damped Newton step. Others are not preconditioned."""
         return {}
 
     def results(self) -> dict[str, Any]:

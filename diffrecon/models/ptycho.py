@@ -98,13 +98,26 @@ def curved_probe(mean: Tensor, propagator: Propagator, curvature_px2: float) -> 
 
 
 def add_modes(probe: Tensor, modes: int, generator: torch.Generator | None) -> Tensor:
-    """Extend (M0, H, W) to ``modes`` modes (new ones at 5% power each), orthogonalised."""
-    extra = [
-        probe[0] * torch.randn(probe.shape[-2:], generator=generator, dtype=torch.complex64)
-        * math.sqrt(0.05)
-        for _ in range(modes - probe.shape[0])
-    ]
-    return orthogonalize_modes(torch.cat([probe, *[e[None] for e in extra]])[:modes])
+    """Extend (M0, H, W) to ``modes`` modes, orthogonalised, strongest first.
+
+    New modes are the first one times smooth first- and second-order polynomials of the
+    coordinates (Hermite-like shapes, the low-order modes of a partially coherent beam), each
+    at 5% of its power: noise-like starts scatter into every detector pixel and slow the fit.
+    """
+    if probe.shape[0] >= modes:
+        return orthogonalize_modes(probe[:modes])
+    base = probe[0]
+    h, w = base.shape
+    y = (torch.arange(h, dtype=torch.float32) - h // 2)[:, None] / (h / 4)
+    x = (torch.arange(w, dtype=torch.float32) - w // 2)[None, :] / (w / 4)
+    shapes = [y.expand(h, w), x.expand(h, w), x * y, x.square() - y.square(),
+              x.square() + y.square() - 1]
+    power = float(base.abs().square().sum())
+    extra = []
+    for k in range(modes - probe.shape[0]):
+        mode = base * shapes[k % len(shapes)] * (1 + 0.1 * k)
+        extra.append(mode * math.sqrt(0.05 * power / float(mode.abs().square().sum())))
+    return orthogonalize_modes(torch.cat([probe, torch.stack(extra)]))
 
 
 def energy_radius(image: Tensor, fraction: float = 0.9) -> float:
@@ -236,8 +249,12 @@ class Ptycho(ForwardModel):
             self.probe.shape[-2:], device=low.device
         ) - 1
         self.positions.clamp_(min=low, max=high)
+
+    def end_epoch(self, epoch: int) -> None:
+        # Once an epoch, not every step: the SVD mixes modes and resets their phases, which
+        # would scramble the optimiser's per-element moments if done after each update.
         if self.probe.shape[0] > 1:
-            self.probe.copy_(orthogonalize_modes(self.probe))
+            self.probe.copy_(orthogonalize_modes(self.probe, reference=self.probe))
 
 
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
@@ -249,7 +266,7 @@ class Ptycho(ForwardModel):
         return {"object": on_object[None], "probe": on_probe[None]}
 
     @torch.no_grad()
-    def curvatures(self, index: Tensor) -> dict[str, Tensor]:
+    def curvatures(self, index: Tensor, names: list[str]) -> dict[str, Tensor]:
         """Positions: 2 sum_r sum_m |P_m|^2 |d O / d r_a|^2 per axis a, shape (B, 2).
 
         The Gauss-Newton curvature of the loss with respect to the probe-object offset. A
@@ -258,6 +275,8 @@ class Ptycho(ForwardModel):
         classic position-correction argument); a featureless region gives none, and the
         position then stays put rather than wander.
         """
+        if "positions" not in names:
+            return {}
         corners, _ = self._placement(index)
         size = tuple(self.probe.shape[-2:])
         grown = (size[0] + 2, size[1] + 2)

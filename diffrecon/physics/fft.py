@@ -76,7 +76,7 @@ def coordinate_grid(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Real-space grid (y, x), each shape (H, W), zero at index (H//2, W//2), in units of spacing."""
+    """Real-space grid (y, x), each (H, W), zero at index (H//2, W//2), in units of spacing."""
     y = (torch.arange(shape[0], dtype=dtype, device=device) - shape[0] // 2) * spacing[0]
     x = (torch.arange(shape[1], dtype=dtype, device=device) - shape[1] // 2) * spacing[1]
     return torch.meshgrid(y, x, indexing="ij")

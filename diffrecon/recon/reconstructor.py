@@ -98,6 +98,8 @@ class Reconstructor:
                                         self.state)
             for name, value in terms.items():
                 totals[name] += value
+        with torch.no_grad():
+            self.model.end_epoch(epoch)
         n = len(self.batches)
         logs = {f"loss/{name}": value / n for name, value in totals.items()}
         logs["loss/total"] = sum(totals.values()) / n
