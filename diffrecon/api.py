@@ -115,14 +115,16 @@ def reconstruct(
             else out
     run_config = _as_config(config, modality, overrides)
     if not isinstance(data, DiffractionData):
-        data = load(data, lazy=lazy)
+        # Read a file through the lazy reader even when the patterns are then held in memory:
+        # they are copied chunk by chunk into the working tensor, never twice in memory.
+        data = load(data, lazy=True)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
     device = torch.device(run_config.recon.device)
     generator = torch.Generator().manual_seed(run_config.recon.seed)
     model = model_cls.from_data(data, run_config.model, generator=generator, device=device)
     objective = Objective(run_config.loss, data.num_patterns)
-    batches = PatternBatches(data, model.propagator, device, lazy=lazy or None,
+    batches = PatternBatches(data, model.propagator, device, lazy=lazy,
                              prepare=objective.likelihood.prepare)
     objective.check(model)
     algorithm = algorithms.get(run_config.algorithm.name)(run_config.algorithm)

@@ -38,7 +38,11 @@ def _crop_to(mask: np.ndarray | None, *images: np.ndarray) -> list[np.ndarray]:
 
 def _image(ax: Any, image: np.ndarray, title: str, cmap: str = "gray",
            colorbar: bool = True) -> None:
-    shown = ax.imshow(image, cmap=cmap)
+    limits = {}
+    if image.ndim == 2 and np.isfinite(image).any():
+        # robust colour limits: a few unconstrained edge pixels must not wash out the image
+        limits = dict(zip(("vmin", "vmax"), np.nanpercentile(image, [0.5, 99.5]), strict=True))
+    shown = ax.imshow(image, cmap=cmap, **limits)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -50,7 +54,7 @@ def _object_panels(results: Mapping[str, Any]) -> list[Callable[[Any], None]]:
     obj = np.asarray(results["object"])
     obj = obj.reshape(-1, *obj.shape[-2:])
     illumination = results.get("illumination")
-    mask = None if illumination is None else illumination > 0.01 * np.max(illumination)
+    mask = None if illumination is None else illumination > 0.05 * np.max(illumination)
     first, summed = _crop_to(mask, obj[0], np.angle(obj).sum(0))
     panels = [lambda ax: _image(ax, np.abs(first), "object amplitude"),
               lambda ax: _image(ax, np.angle(first), "object phase (rad)", "twilight")]

@@ -162,3 +162,13 @@ def test_mode_orthogonalisation_keeps_the_intensity():
     assert torch.allclose(mutual(ortho), mutual(modes), atol=1e-10)
     powers = mode_powers(ortho)
     assert torch.all(powers[:-1] >= powers[1:]) and math.isclose(float(powers.sum()), 1.0)
+
+
+def test_far_field_sampling_warning():
+    from diffrecon.physics.propagators import check_farfield_sampling
+
+    with pytest.warns(SamplingWarning, match="alias"):
+        check_farfield_sampling(torch.ones(32, 32, dtype=torch.complex64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_farfield_sampling(optics.gaussian_probe((32, 32), 4.0))

@@ -24,7 +24,12 @@ from diffrecon.models.measurement import Measurement
 from diffrecon.physics.modes import orthogonalize_modes
 from diffrecon.physics.optics import farfield_pixel_size_m, fresnel_scaling
 from diffrecon.physics.overlap import overlap
-from diffrecon.physics.propagators import AngularSpectrum, FarField, Propagator
+from diffrecon.physics.propagators import (
+    AngularSpectrum,
+    FarField,
+    Propagator,
+    check_farfield_sampling,
+)
 from diffrecon.physics.shifts import (
     extract_patches,
     illumination_map,
@@ -168,6 +173,8 @@ class Ptycho(ForwardModel):
         else:
             probe = curved_probe(mean_pattern(data), propagator, 0.0)
         probe = add_modes(probe, config.probe_modes, generator)
+        if isinstance(propagator, FarField) and data.probe_guess is not None:
+            check_farfield_sampling(probe)
         positions_m = np.asarray(data.positions_m, dtype=np.float64)
         centre_px = positions_m / np.asarray(pixel)
         half = np.array(data.frame_shape) // 2

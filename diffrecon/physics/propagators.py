@@ -126,6 +126,27 @@ def check_transfer_function_sampling(
             )
 
 
+def check_farfield_sampling(field: Tensor, limit: float = 0.05) -> None:
+    """Warn when a field (..., H, W) meant for far-field propagation reaches its frame edge.
+
+    The detector samples the far field at the Nyquist rate of a field as wide as the frame:
+    an exit wave that spills past the frame aliases (wraps around) in the patterns. The check
+    is the fraction of energy in the outer eighth of the frame on each side.
+    """
+    h, w = field.shape[-2:]
+    energy = field.abs().square().reshape(-1, h, w).sum(0)
+    inner = energy[h // 8 : h - h // 8, w // 8 : w - w // 8].sum()
+    outside = float(1 - inner / energy.sum().clamp(min=1e-30))
+    if outside > limit:
+        warnings.warn(
+            f"far-field sampling: {100 * outside:.0f}% of the probe's energy lies in the outer "
+            "eighth of the frame, so the exit waves wrap around and the diffraction patterns "
+            "alias; use a larger detector crop (finer sample-plane sampling) or a smaller beam",
+            SamplingWarning,
+            stacklevel=3,
+        )
+
+
 class AngularSpectrum(Propagator):
     """Plane-wave near-field propagation over ``distance_m`` by the angular-spectrum method.
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from collections import defaultdict
 from typing import Any, Literal, Protocol
 
@@ -106,7 +107,7 @@ class Reconstructor:
         return logs
 
     def _finite(self, logs: dict[str, float]) -> bool:
-        if not all(math.isfinite(v) for v in logs.values()):
+        if not all(math.isfinite(v) for k, v in logs.items() if k.startswith("loss/")):
             return False
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
@@ -127,7 +128,9 @@ class Reconstructor:
         while self.epoch < self.config.epochs:
             epoch = self.epoch
             good = self.snapshot()
+            started = time.perf_counter()
             logs = self.run_epoch(epoch)
+            logs["time/epoch_s"] = time.perf_counter() - started
             if not self._finite(logs):
                 self._recover(good, epoch)
                 continue
