@@ -136,8 +136,8 @@ def reconstruct(
     run = make_run(model)
     out_dir = Path(out) if out is not None else None
     logger = _logger(run_config, out_dir)
-    evaluate = (truth_evaluator(data.truth, data.positions_m) if data.truth is not None
-                else None)
+    evaluate = (truth_evaluator(data.truth, data.positions_m)
+                if data.truth is not None and run_config.log.metrics else None)
     run.callbacks = _callbacks(run_config, out_dir, logger, evaluate)
     if state is not None:
         cb.resume(run, state)

@@ -21,6 +21,7 @@ class LogConfig:
     tensorboard: bool = doc(True, "write TensorBoard event files into <out>/tensorboard")
     progress: bool = doc(True, "show a progress bar")
     image_every: int = doc(10, "log object/probe images every n epochs")
+    metrics: bool = doc(True, "compare with the ground truth when the data carry one")
     metric_every: int = doc(5, "compare with ground truth every n epochs (simulated data)")
     report: bool = doc(True, "write report.png")
 

@@ -59,12 +59,12 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
 
 
-def reconstruction_memory_mb(path: Path, lazy: bool) -> float:
-    """Peak resident memory added by reconstructing ``path`` (MiB), in a fresh process whose
-    baseline (Python, torch, diffrecon imported) is subtracted."""
+def reconstruction_memory_mb(path: Path, lazy: bool, *overrides: str) -> float:
+    """Peak resident memory added by reconstructing ``path`` (MiB), in a fresh process, above
+    its resident memory after one warm-up reconstruction (Python, torch, allocator pools)."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path),
-                          "lazy" if lazy else "memory"], capture_output=True, text=True,
-                         check=True)
+                          "lazy" if lazy else "memory", *overrides], capture_output=True,
+                         text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 

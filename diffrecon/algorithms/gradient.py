@@ -31,7 +31,7 @@ class GradientStep(Algorithm):
             if grad is None:
                 continue
             # Levenberg-Marquardt damping keeps weakly constrained rows from jumping on noise
-            damping = 0.3 * curvature.mean().clamp(min=1e-30)
+            damping = 0.1 * curvature.mean().clamp(min=1e-30)
             grad[batch.index] /= curvature + damping
 
     def step(self, model: ForwardModel, batch: Batch, objective: Any, plan: Any,

@@ -19,6 +19,17 @@ def _smooth_noise(
     return (filtered - filtered.mean()) / (filtered.std() + 1e-12)
 
 
+def pink_noise(shape: tuple[int, ...], rng: np.random.Generator, exponent: float = 1.0
+               ) -> np.ndarray:
+    """Noise with a 1/f^exponent amplitude spectrum (natural-image-like texture), unit std."""
+    freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+    k = np.sqrt(sum(f**2 for f in freqs))
+    k.flat[0] = np.inf
+    spectrum = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / k**exponent
+    texture = np.fft.ifftn(spectrum).real
+    return (texture - texture.mean()) / (texture.std() + 1e-12)
+
+
 def siemens_star(
     shape: tuple[int, int], spokes: int = 24, radius: float | None = None
 ) -> np.ndarray:
@@ -41,7 +52,8 @@ def complex_phantom(
     """A complex test object with sharp and smooth structure, shape (H, W), complex128.
 
     Amplitude: random discs and a Siemens star between ``amplitude_range``; phase: a smooth
-    random field plus different random discs, within +-``phase_range`` radians. Amplitude and
+    random field plus different random discs, within +-``phase_range`` radians; both carry a
+    faint 1/f texture. Amplitude and
     phase are deliberately uncorrelated so cross-talk between them is visible.
     """
     h, w = shape
@@ -61,6 +73,9 @@ def complex_phantom(
     amp[sy : sy + star_size, sx : sx + star_size] += siemens_star((star_size, star_size))
     amp = np.clip(amp, 0, 1)
     low, high = amplitude_range
+    # a faint natural texture: real samples are rarely flat anywhere
+    amp = np.clip(amp + 0.04 * pink_noise(shape, rng), 0, 1)
+    phase = phase + 0.1 * pink_noise(shape, rng)
     amplitude = high - (high - low) * amp
     phase = phase_range * np.tanh(phase / 1.5)
     return amplitude * np.exp(1j * phase)

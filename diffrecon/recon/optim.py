@@ -47,11 +47,19 @@ class ParameterPlan:
         for name in names:
             self.optimizers[name].step()
 
+    def adaptive(self) -> list[str]:
+        """Names of the parameters with an adaptive (Adam) optimiser."""
+        return [n for n, o in self.optimizers.items() if isinstance(o, torch.optim.Adam)]
+
     def learning_rates(self) -> dict[str, float]:
         return {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
 
-    def scale_learning_rates(self, factor: float) -> None:
+    def scale_learning_rates(self, factor: float, *, adaptive_only: bool = False) -> None:
+        """Multiply step sizes by ``factor``; with ``adaptive_only`` just the Adam ones (whose
+        normalised steps do not shrink by themselves near an optimum)."""
         for optimizer in self.optimizers.values():
+            if adaptive_only and not isinstance(optimizer, torch.optim.Adam):
+                continue
             for group in optimizer.param_groups:
                 group["lr"] *= factor
 

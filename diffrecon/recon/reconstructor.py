@@ -59,8 +59,13 @@ class Reconstructor:
     """
 
     def __init__(
-        self, model: ForwardModel, batches: PatternBatches, objective: Objective,
-        algorithm: Algorithm, plan: ParameterPlan, config: ReconConfig,
+        self,
+        model: ForwardModel,
+        batches: PatternBatches,
+        objective: Objective,
+        algorithm: Algorithm,
+        plan: ParameterPlan,
+        config: ReconConfig,
         callbacks: list[Callback] | None = None,
     ) -> None:
         self.model, self.batches, self.objective = model, batches, objective
@@ -81,8 +86,9 @@ class Reconstructor:
             positions = getattr(self.model, "positions", None)
             xy = np.zeros((n, 2)) if positions is None else positions.detach().cpu().numpy()
             self._compact = compact_batches(xy, self.batch_size, seed)
-        order = torch.randperm(len(self._compact),
-                               generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(
+            len(self._compact), generator=torch.Generator().manual_seed(seed + epoch)
+        )
         return [self._compact[i] for i in order]
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
@@ -95,8 +101,9 @@ class Reconstructor:
         device = self.batches.device
         for index in self._epoch_batches(epoch):
             batch = Batch(index.to(device), self.batches(index), self.batches.valid)
-            terms = self.algorithm.step(self.model, batch, self.objective, self.plan, active,
-                                        self.state)
+            terms = self.algorithm.step(
+                self.model, batch, self.objective, self.plan, active, self.state
+            )
             for name, value in terms.items():
                 totals[name] += value
         with torch.no_grad():
@@ -112,9 +119,11 @@ class Reconstructor:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     def snapshot(self) -> dict[str, Any]:
-        return {"model": copy.deepcopy(self.model.state_dict()),
-                "plan": copy.deepcopy(self.plan.state_dict()),
-                "state": {k: v.clone() for k, v in self.state.items()}}
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "plan": copy.deepcopy(self.plan.state_dict()),
+            "state": {k: v.clone() for k, v in self.state.items()},
+        }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self.model.load_state_dict(snapshot["model"])
@@ -156,7 +165,9 @@ class Reconstructor:
         """
         patience = self.config.plateau_patience
         losses = self.history["loss/total"]
-        rates = [v for k, v in self.history.items() if k.startswith("lr/")]
+        rates = [
+            v for k, v in self.history.items() if k in {f"lr/{n}" for n in self.plan.adaptive()}
+        ]
         since = len(losses)
         if rates:
             changes = [i for i in range(1, len(rates[0])) if rates[0][i] != rates[0][i - 1]]
@@ -164,7 +175,7 @@ class Reconstructor:
         if patience <= 0 or len(losses) <= patience or since <= patience:
             return
         if min(losses[-patience:]) > min(losses[:-patience]) * (1 - 1e-3):
-            self.plan.scale_learning_rates(0.5)
+            self.plan.scale_learning_rates(0.5, adaptive_only=True)
 
     def _recover(self, good: dict[str, Any], epoch: int) -> None:
         self.recoveries += 1
@@ -173,9 +184,13 @@ class Reconstructor:
                 f"epoch {epoch}: NaN/Inf persisted after {self.config.max_recoveries} rollbacks "
                 "with halved step sizes; lower params.<name>.lr or check the data"
             )
-        log.warning("epoch %d: NaN/Inf detected; rolled back to the last good state and "
-                    "halved all step sizes (recovery %d of %d)", epoch, self.recoveries,
-                    self.config.max_recoveries)
+        log.warning(
+            "epoch %d: NaN/Inf detected; rolled back to the last good state and "
+            "halved all step sizes (recovery %d of %d)",
+            epoch,
+            self.recoveries,
+            self.config.max_recoveries,
+        )
         self.restore(good)
         self.plan.scale_learning_rates(0.5)
         self.history["recoveries"].append(float(epoch))
