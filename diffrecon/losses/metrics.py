@@ -101,8 +101,9 @@ def _estimate_shift(
     """Shift s (pixels, one per axis) such that ``truth`` ~ estimate(r - s).
 
     The masked truth and the whole estimate are made mean-free first (see ``_structure``).
-    With ``ramp_free`` the fields correlated are the neighbour products x(r) conj(x(r + e_a)), which a linear phase ramp changes only by a constant phase,
-    so a steep ramp cannot hide the correlation peak.
+    With ``ramp_free`` the fields correlated are the neighbour products x(r) conj(x(r + e_a)),
+    which a linear phase ramp changes only by a constant phase, so a steep ramp cannot hide the
+    correlation peak.
     """
     pairs = [(truth, estimate)]
     if ramp_free:
