@@ -17,7 +17,9 @@ Tensor = torch.Tensor
 @dataclasses.dataclass
 class AlgorithmConfig:
     name: str = doc("gradient", "update rule: gradient (autograd optimisers), epie, rpie")
-    alpha: float = doc(0.1, "PIE object step/regularisation (ePIE alpha, rPIE alpha)")
+    alpha: float | None = doc(
+        None, "PIE object step (ePIE alpha, default 1) or regularisation (rPIE, default 0.1)"
+    )
     beta: float = doc(1.0, "PIE probe step/regularisation")
 
 

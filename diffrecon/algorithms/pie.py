@@ -25,6 +25,7 @@ PIE_FIELDS = ("object", "probe")
 
 
 class _PIE(GradientStep):
+    default_alpha = 1.0
     def adjust_specs(self, specs: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
         return {
             name: dataclasses.replace(spec, optimizer="sgd", lr=1.0) if name in PIE_FIELDS
@@ -43,7 +44,8 @@ class _PIE(GradientStep):
             return
         partners = model.partner_intensities(batch.index)
         fields = model.named_fields()
-        alphas = {"object": self.config.alpha, "probe": self.config.beta}
+        alpha = self.default_alpha if self.config.alpha is None else self.config.alpha
+        alphas = {"object": alpha, "probe": self.config.beta}
         for name in targets:
             grad = fields[name].grad
             if grad is not None:
@@ -61,6 +63,8 @@ class EPIE(_PIE):
 @algorithms.register("rpie")
 class RPIE(_PIE):
     """Regularised PIE: the step 1 / ((1-alpha)|P|^2 + alpha max|P|^2) per pixel."""
+
+    default_alpha = 0.1
 
     def step_size(self, intensity: Tensor, alpha: float) -> Tensor:
         denominator = (1 - alpha) * intensity + alpha * intensity.max()
