@@ -1,7 +1,8 @@
 """Figures: complex fields as colour, and the one-page ``report.png`` of a reconstruction.
 
-Only ``matplotlib.figure.Figure`` is used (no pyplot state), so figures can be made from any
-thread or process without touching a global backend.
+Only ``matplotlib.figure.Figure`` is used (no pyplot state): ``Figure.savefig`` renders with the
+Agg canvas, so figures can be made from any thread or process without touching a global backend.
+Every function takes numpy arrays; callers convert tensors (``tensor.detach().cpu().numpy()``).
 """
 
 from __future__ import annotations
@@ -14,131 +15,252 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
+Panel = Callable[[Axes], None]
+
+#: Object pixels with illumination below this fraction of its maximum are cropped or dimmed.
+ILLUMINATION_THRESHOLD = 0.01
+#: At most this many probe modes get a panel.
+MAX_PROBE_MODES = 4
+COLUMNS = 4
+
 
 def complex_to_rgb(z: np.ndarray, *, amplitude_max: float | None = None) -> np.ndarray:
-    """Complex (H, W) -> RGB (H, W, 3) in [0, 1]: hue = phase, value = amplitude."""
-    z = np.asarray(z)
+    """Map a complex field to colour: hue = phase, value = amplitude, full saturation.
+
+    Args:
+        z: complex field, shape (H, W) (any shape works), arbitrary unit.
+        amplitude_max: amplitude shown at full brightness, in the unit of ``z``. Default: the
+            99.9th percentile of ``|z|``, so a few hot pixels do not darken the whole image.
+
+    Returns:
+        RGB image, shape (*z.shape, 3), float64 in [0, 1]. Phase -pi maps to hue 0 (red) and hue
+        runs once round the colour circle over the 2 pi phase range.
+    """
+    z = np.nan_to_num(np.asarray(z, dtype=np.complex128))
     amplitude = np.abs(z)
-    top = amplitude_max or float(np.percentile(amplitude, 99.9)) or 1.0
-    hsv = np.stack([(np.angle(z) + np.pi) / (2 * np.pi), np.ones_like(amplitude),
-                    np.clip(amplitude / top, 0, 1)], axis=-1)
-    return hsv_to_rgb(hsv)
+    top = amplitude_max
+    if top is None:
+        top = float(np.percentile(amplitude, 99.9)) if amplitude.size else 0.0
+    top = top if top > 0 else 1.0
+    hue = (np.angle(z) + np.pi) / (2 * np.pi) % 1.0
+    value = np.clip(amplitude / top, 0.0, 1.0)
+    return hsv_to_rgb(np.stack([hue, np.ones_like(value), value], axis=-1))
 
 
-def _crop_to(mask: np.ndarray | None, *images: np.ndarray) -> list[np.ndarray]:
-    if mask is None or not mask.any():
-        return list(images)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    return [image[sl] for image in images]
+def _limits(image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Robust colour limits (0.5-99.5 percentile) over finite pixels inside ``mask``."""
+    values = image if mask is None else image[mask]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {}
+    low, high = np.percentile(values, [0.5, 99.5])
+    return {"vmin": float(low), "vmax": float(high)} if high > low else {}
 
 
-def _image(ax: Any, image: np.ndarray, title: str, cmap: str = "gray",
-           colorbar: bool = True) -> None:
-    limits = {}
-    if image.ndim == 2 and np.isfinite(image).any():
-        # robust colour limits: a few unconstrained edge pixels must not wash out the image
-        limits = dict(zip(("vmin", "vmax"), np.nanpercentile(image, [0.5, 99.5]), strict=True))
-    shown = ax.imshow(image, cmap=cmap, **limits)
+def _image(
+    ax: Axes,
+    image: np.ndarray,
+    title: str,
+    cmap: str = "gray",
+    *,
+    mask: np.ndarray | None = None,
+    colorbar: bool = True,
+) -> None:
+    """Draw one image panel; real images get robust limits from the pixels inside ``mask``.
+
+    Pixels outside ``mask`` (shape of ``image``) are drawn dimmed so they stay visible but do
+    not set the colour scale.
+    """
+    real = image.ndim == 2
+    shown = ax.imshow(image, cmap=cmap if real else None, **(_limits(image, mask) if real else {}))
+    if mask is not None and not mask.all():
+        shade = np.zeros((*mask.shape, 4))
+        shade[..., 3] = np.where(mask, 0.0, 0.6)
+        ax.imshow(shade)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    if colorbar and image.ndim == 2:
+    if colorbar and real:
         ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
 
 
-def _object_panels(results: Mapping[str, Any]) -> list[Callable[[Any], None]]:
+def _illuminated(
+    results: Mapping[str, Any], shape: tuple[int, ...]
+) -> tuple[tuple[slice, slice], np.ndarray | None]:
+    """Bounding box and mask of object pixels lit above ``ILLUMINATION_THRESHOLD`` of the max."""
+    full = (slice(None), slice(None))
+    if "illumination" not in results:
+        return full, None
+    illumination = np.asarray(results["illumination"], dtype=np.float64)
+    if illumination.shape != shape or not np.nanmax(illumination) > 0:
+        return full, None
+    mask = illumination > ILLUMINATION_THRESHOLD * np.nanmax(illumination)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)), mask
+
+
+def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """Amplitude and phase of slice 0, summed phase (S > 1) and scan positions."""
     obj = np.asarray(results["object"])
     obj = obj.reshape(-1, *obj.shape[-2:])
-    illumination = results.get("illumination")
-    mask = None if illumination is None else illumination > 0.05 * np.max(illumination)
-    first, summed = _crop_to(mask, obj[0], np.angle(obj).sum(0))
-    panels = [lambda ax: _image(ax, np.abs(first), "object amplitude"),
-              lambda ax: _image(ax, np.angle(first), "object phase (rad)", "twilight")]
+    box, mask = _illuminated(results, obj.shape[-2:])
+    inside = None if mask is None else mask[box]
+    first, summed = obj[0][box], np.angle(obj).sum(0)[box]
+    panels: list[Panel] = [
+        lambda ax: _image(ax, np.abs(first), "object amplitude", mask=inside),
+        lambda ax: _image(ax, np.angle(first), "object phase (rad)", "twilight", mask=inside),
+    ]
     if obj.shape[0] > 1:
-        panels.append(lambda ax: _image(ax, summed, "phase summed over slices", "twilight"))
+        panels.append(
+            lambda ax: _image(
+                ax,
+                summed,
+                f"phase summed over {obj.shape[0]} slices (rad)",
+                "twilight",
+                mask=inside,
+            )
+        )
     if "positions_px" in results:
-        def scan(ax: Any) -> None:
-            ax.imshow(np.abs(obj[0]), cmap="gray")
-            positions = np.asarray(results["positions_px"])
-            offset = np.asarray(results["probe"]).shape[-1] / 2 if "probe" in results else 0
-            if "positions_initial_px" in results:
-                start = np.asarray(results["positions_initial_px"]) + offset
-                ax.plot(start[:, 1], start[:, 0], ".", color="tab:orange", ms=2,
-                        label="initial")
-                end = positions + offset
-                ax.plot(np.stack([start[:, 1], end[:, 1]]), np.stack([start[:, 0], end[:, 0]]),
-                        "-", color="tab:red", lw=0.5)
-            ax.plot(positions[:, 1] + offset, positions[:, 0] + offset, ".", color="tab:cyan",
-                    ms=2, label="refined")
-            ax.set_title(f"scan positions ({len(positions)})", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        panels.append(scan)
+        panels.append(lambda ax: _scan(ax, results, np.abs(obj[0]), mask))
     return panels
 
 
-def _probe_panels(results: Mapping[str, Any]) -> list[Callable[[Any], None]]:
+def _scan(
+    ax: Axes, results: Mapping[str, Any], amplitude: np.ndarray, mask: np.ndarray | None
+) -> None:
+    """Scan positions over the full object amplitude; initial ones and displacements if given.
+
+    With a ``probe`` present, positions are probe-window corners and are drawn at the window
+    centre (corner + probe shape // 2); otherwise they are drawn as given.
+    """
+    count = len(np.asarray(results["positions_px"]).reshape(-1, 2))
+    _image(ax, amplitude, f"scan positions ({count})", mask=mask, colorbar=False)
+    offset = np.zeros(2)
+    if "probe" in results:
+        offset = np.asarray(np.shape(results["probe"])[-2:]) // 2
+    end = np.asarray(results["positions_px"], dtype=np.float64).reshape(-1, 2) + offset
+    if "positions_initial_px" in results:
+        start = np.asarray(results["positions_initial_px"], np.float64).reshape(-1, 2) + offset
+        if start.shape == end.shape:
+            ax.plot(
+                np.stack([start[:, 1], end[:, 1]]),
+                np.stack([start[:, 0], end[:, 0]]),
+                "-",
+                color="tab:red",
+                lw=0.6,
+            )
+        ax.plot(start[:, 1], start[:, 0], ".", color="tab:orange", ms=2, label="initial")
+    ax.plot(end[:, 1], end[:, 0], ".", color="tab:cyan", ms=2, label="refined")
+    if "positions_initial_px" in results:
+        ax.legend(fontsize=7, loc="upper right", markerscale=3)
+    ax.set_xlim(-0.5, amplitude.shape[1] - 0.5)
+    ax.set_ylim(amplitude.shape[0] - 0.5, -0.5)
+
+
+def _probe_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """One colour panel per probe mode (first ``MAX_PROBE_MODES``) titled with its power share.
+
+    Each mode is scaled to its own maximum, so weak modes stay readable; the title gives power.
+    """
     probe = np.asarray(results["probe"])
     probe = probe.reshape(-1, *probe.shape[-2:])
     power = np.sum(np.abs(probe) ** 2, axis=(-2, -1))
-    power = power / power.sum()
+    share = 100 * power / power.sum() if power.sum() > 0 else np.zeros_like(power)
     return [
-        (lambda ax, m=m: _image(ax, complex_to_rgb(probe[m]),
-                                f"probe mode {m} ({100 * power[m]:.1f}%)", colorbar=False))
-        for m in range(min(4, probe.shape[0]))
+        (
+            lambda ax, m=m: _image(
+                ax,
+                complex_to_rgb(probe[m]),
+                f"probe mode {m} ({share[m]:.1f}%)",
+                colorbar=False,
+            )
+        )
+        for m in range(min(MAX_PROBE_MODES, probe.shape[0]))
     ]
 
 
-def _curves(history: Mapping[str, Sequence[float]]) -> list[Callable[[Any], None]]:
-    panels: list[Callable[[Any], None]] = []
-    if history.get("loss"):
-        def loss(ax: Any) -> None:
-            ax.semilogy(np.arange(1, len(history["loss"]) + 1), history["loss"])
+def _curve_panels(history: Mapping[str, Sequence[float]]) -> list[Panel]:
+    """Semilog-y ``loss`` vs epoch, and all ``metric/<name>`` curves in a second panel."""
+    panels: list[Panel] = []
+    loss = np.asarray(history.get("loss", []), dtype=np.float64)
+    if loss.size:
+
+        def draw_loss(ax: Axes) -> None:
+            epochs = np.arange(1, loss.size + 1)
+            keep = np.isfinite(loss) & (loss > 0)
+            ax.semilogy(epochs[keep], loss[keep])
             ax.set_xlabel("epoch")
-            ax.set_title("loss per pattern", fontsize=9)
-        panels.append(loss)
-    metrics = {k: np.asarray(v, float) for k, v in history.items() if k.startswith("metric/")}
+            ax.set_title("loss", fontsize=9)
+
+        panels.append(draw_loss)
+    metrics = {
+        name.split("/", 1)[1]: np.asarray(values, dtype=np.float64)
+        for name, values in history.items()
+        if name.startswith("metric/") and len(values)
+    }
     if metrics:
-        def metric(ax: Any) -> None:
+
+        def draw_metrics(ax: Axes) -> None:
             for name, values in metrics.items():
-                epochs = np.flatnonzero(np.isfinite(values)) + 1
-                ax.semilogy(epochs, values[epochs - 1], "o-", ms=3, label=name.split("/", 1)[1])
+                # metrics may be computed every few epochs only: NaN marks the epochs without one
+                keep = np.flatnonzero(np.isfinite(values) & (values > 0))
+                ax.semilogy(keep + 1, values[keep], "o-", ms=3, label=name)
             ax.legend(fontsize=7)
             ax.set_xlabel("epoch")
-            ax.set_title("errors vs ground truth", fontsize=9)
-        panels.append(metric)
+            ax.set_title("metrics", fontsize=9)
+
+        panels.append(draw_metrics)
     return panels
 
 
-def save_report(path: str | Path, results: Mapping[str, Any],
-                history: Mapping[str, Sequence[float]], *, title: str = "") -> None:
-    """One PNG with the panels whose keys are present in ``results`` and ``history``.
+def save_report(
+    path: str | Path,
+    results: Mapping[str, Any],
+    history: Mapping[str, Sequence[float]],
+    *,
+    title: str = "",
+) -> None:
+    """Write one PNG summarising a reconstruction, with a panel for each key present.
 
-    Keys: ``object`` (S, H, W) complex (cropped to where ``illumination`` > 1% of its max),
-    ``positions_px`` (N, 2), ``probe`` (M, h, w), ``support``, ``pattern`` (log scale),
-    ``pupil`` complex; history ``loss`` and ``metric/<name>`` curves.
+    Args:
+        path: output PNG file; written atomically (temp file in the same folder + ``os.replace``).
+        results: numpy arrays; every key is optional.
+            ``object`` complex (S, H, W) or (H, W): amplitude and phase of slice 0, and the phase
+            summed over slices when S > 1. ``illumination`` real (H, W): object panels are cropped
+            to pixels lit above 1% of its max, and colour limits come from those pixels only.
+            ``probe`` complex (M, h, w): up to 4 mode panels titled with their power share (%).
+            ``positions_px`` (N, 2) (y, x) in object pixels (probe-window corners when ``probe``
+            is present): scatter over the object amplitude, with ``positions_initial_px`` and
+            displacement lines if present. ``support`` (H, W), ``pattern`` (H, W) counts
+            (shown as log10(1 + x)), ``pupil`` complex (H, W).
+        history: per-epoch curves; ``loss`` (semilog-y) and any ``metric/<name>`` (NaN = epoch
+            without a value).
+        title: figure title.
     """
-    panels: list[Callable[[Any], None]] = []
+    panels: list[Panel] = []
     if "object" in results:
         panels += _object_panels(results)
     if "probe" in results:
         panels += _probe_panels(results)
     if "support" in results:
-        panels.append(lambda ax: _image(ax, np.asarray(results["support"]), "support"))
+        support = np.asarray(results["support"], dtype=np.float64)
+        panels.append(lambda ax: _image(ax, support, "support", colorbar=False))
     if "pattern" in results:
-        panels.append(lambda ax: _image(ax, np.log10(1 + np.asarray(results["pattern"])),
-                                        "log10(1 + counts)", "magma"))
+        pattern = np.log10(1 + np.clip(np.asarray(results["pattern"], np.float64), 0, None))
+        panels.append(lambda ax: _image(ax, pattern, "pattern log10(1 + counts)", "magma"))
     if "pupil" in results:
-        panels.append(lambda ax: _image(ax, complex_to_rgb(np.asarray(results["pupil"])),
-                                        "pupil", colorbar=False))
-    panels += _curves(history)
-    columns = min(4, max(1, len(panels)))
+        pupil = complex_to_rgb(np.asarray(results["pupil"]))
+        panels.append(lambda ax: _image(ax, pupil, "pupil", colorbar=False))
+    panels += _curve_panels(history)
+    columns = min(COLUMNS, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
-    figure = Figure(figsize=(4 * columns, 3.6 * rows), dpi=100, layout="constrained")
+    figure = Figure(
+        figsize=(4 * columns, 3.5 * rows + (0.4 if title else 0)), dpi=100, layout="constrained"
+    )
     for k, draw in enumerate(panels):
         draw(figure.add_subplot(rows, columns, k + 1))
     if title:
@@ -146,22 +268,34 @@ def save_report(path: str | Path, results: Mapping[str, Any],
     _save_atomic(figure, Path(path))
 
 
-def save_image_grid(path: str | Path, images: Sequence[np.ndarray],
-                    titles: Sequence[str]) -> None:
-    """Save images side by side (complex ones as colour), one title each."""
-    figure = Figure(figsize=(3 * len(images), 3.2), dpi=100, layout="constrained")
+def save_image_grid(path: str | Path, images: Sequence[np.ndarray], titles: Sequence[str]) -> None:
+    """Save images in one row (at most 4 per row), one title each, as PNG (atomically).
+
+    Args:
+        path: output PNG file.
+        images: each (H, W) real (grey with colour bar), (H, W) complex (``complex_to_rgb``) or
+            (H, W, 3) RGB in [0, 1].
+        titles: one per image.
+    """
+    if len(images) != len(titles):
+        raise ValueError(f"save_image_grid: {len(images)} images but {len(titles)} titles")
+    columns = min(COLUMNS, max(1, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    figure = Figure(figsize=(3.2 * columns, 3.2 * rows), dpi=100, layout="constrained")
     for k, (image, text) in enumerate(zip(images, titles, strict=True)):
-        shown = complex_to_rgb(image) if np.iscomplexobj(image) else image
-        _image(figure.add_subplot(1, len(images), k + 1), shown, text, colorbar=False)
+        image = np.asarray(image)
+        shown = complex_to_rgb(image) if np.iscomplexobj(image) else image.astype(np.float64)
+        _image(figure.add_subplot(rows, columns, k + 1), shown, text)
     _save_atomic(figure, Path(path))
 
 
 def _save_atomic(figure: Figure, path: Path) -> None:
+    """Render ``figure`` as PNG to a temporary file beside ``path``, then rename it over."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
     os.close(handle)
     try:
-        figure.savefig(temporary, format="png")
+        figure.savefig(temporary, format="png", dpi=100)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
