@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 
-def _smooth_noise(
+def smooth_noise(
     shape: tuple[int, ...], correlation_px: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Gaussian-filtered white noise of unit standard deviation."""
@@ -59,7 +59,7 @@ def complex_phantom(
     h, w = shape
     y, x = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     amp = np.zeros(shape)
-    phase = 0.4 * _smooth_noise(shape, min(h, w) / 12, rng)
+    phase = 0.4 * smooth_noise(shape, min(h, w) / 12, rng)
     for k in range(features):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         r = rng.uniform(2, min(h, w) / 12)

@@ -18,7 +18,7 @@ import torch
 from diffrecon.config import doc
 from diffrecon.data import scans
 from diffrecon.data.container import DiffractionData, Truth
-from diffrecon.data.phantoms import complex_phantom
+from diffrecon.data.phantoms import complex_phantom, smooth_noise
 from diffrecon.losses.likelihoods import Likelihood, make_likelihood
 from diffrecon.models.base import ForwardModel
 from diffrecon.physics import optics
@@ -57,7 +57,9 @@ def simulate_patterns(
 
 @dataclasses.dataclass
 class ProbeSpec:
-    kind: Literal["zone_plate", "aperture", "gaussian"] = doc("zone_plate", "probe shape")
+    kind: Literal["zone_plate", "aperture", "gaussian", "diffuser"] = doc(
+        "zone_plate", "probe shape (diffuser: Gaussian beam through a random phase screen)"
+    )
     numerical_aperture: float = doc(4e-4, "zone plate NA (half-angle)")
     defocus_m: float = doc(2.5e-3, "zone plate: sample distance from the focus, metres")
     central_stop: float = doc(0.3, "zone plate: central stop, fraction of its diameter")
@@ -81,6 +83,10 @@ class PtychoSimulation:
     position_error_px: float = doc(0.0, "rms error added to the positions written to the file")
     noise: Literal["poisson", "gaussian", "amplitude", "none"] = doc("poisson", "noise model")
     mask_beamstop_px: int = doc(0, "side of a central square beamstop (masked), pixels")
+    geometry: Literal["far_field", "near_field"] = doc("far_field", "detection geometry")
+    focus_to_sample_m: float | None = doc(
+        None, "near field: focus-sample distance of a divergent beam (Fresnel scaling)"
+    )
     probe: ProbeSpec = dataclasses.field(default_factory=ProbeSpec)
 
 
@@ -103,6 +109,14 @@ def build_probe(spec: ProbeSpec, frame: int, pixel_m: float, wavelength_m: float
         base = optics.circular_aperture_probe(shape, spec.size_px, photons)
     elif spec.kind == "gaussian":
         base = optics.gaussian_probe(shape, spec.size_px, photons)
+    elif spec.kind == "diffuser":
+        # structured illumination, as used in near-field ptychography: a smooth random
+        # phase screen (2 rad rms, ~3 px correlation) on a wide Gaussian beam
+        screen = torch.as_tensor(
+            2.0 * smooth_noise((frame, frame), 3.0, np.random.default_rng(1))
+        )
+        envelope = optics.gaussian_probe(shape, spec.size_px, photons, dtype=torch.complex128)
+        base = (envelope * torch.exp(1j * screen)).to(torch.complex64)
     else:
         focal = 0.1
         base = optics.zone_plate_probe(
@@ -150,7 +164,14 @@ def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
     generator = torch.Generator().manual_seed(config.seed)
     wavelength = optics.xray_wavelength_m(config.energy_ev)
     n = config.frame_px
-    pixel = optics.farfield_pixel_size_m(wavelength, config.distance_m, n, config.detector_pixel_m)
+    if config.geometry == "far_field":
+        pixel = optics.farfield_pixel_size_m(wavelength, config.distance_m, n,
+                                             config.detector_pixel_m)
+    elif config.focus_to_sample_m is not None:
+        pixel, _ = optics.fresnel_scaling(config.focus_to_sample_m, config.distance_m,
+                                          config.detector_pixel_m)
+    else:
+        pixel = config.detector_pixel_m
     probe = build_probe(config.probe, n, pixel, wavelength, config.photons_per_pattern)
     step = probe_diameter_px(probe) * (1 - config.overlap) * pixel
     true_positions = _scan(config, step, rng)
@@ -166,7 +187,9 @@ def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
         distance_m=config.distance_m, detector_pixel_size_m=(config.detector_pixel_m,) * 2,
         positions_m=true_positions, probe_guess=probe.numpy(),
     )
-    model = Ptycho.from_data(geometry, PtychoConfig(probe_modes=config.probe.modes))
+    model = Ptycho.from_data(geometry, PtychoConfig(
+        probe_modes=config.probe.modes, geometry=config.geometry,
+        focus_to_sample_m=config.focus_to_sample_m))
     shape = tuple(model.object.shape[-2:])
     truth_object = complex_phantom(shape, rng)
     with torch.no_grad():
