@@ -117,3 +117,32 @@ def test_position_refinement_reduces_error():
         "recon.epochs=40", "params.positions.enabled=true", "params.positions.start=5",
         "log.metric_every=40", *QUIET])
     assert result.metrics["position_error_px"] < 0.6
+
+
+def test_masked_beamstop_is_honoured():
+    from diffrecon.data.simulate import simulate_ptycho
+    from tests.conftest import small_ptycho_settings
+
+    data = simulate_ptycho(small_ptycho_settings(mask_beamstop_px=4))
+    assert (~data.valid).sum() == 16 and np.all(data.patterns[:, ~data.valid] == 0)
+    result = diffrecon.reconstruct(data, "ptycho", overrides=[
+        "recon.epochs=20", "log.metric_every=20", *QUIET])
+    assert result.metrics["nrmse"] < 0.2
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def torn(obj, stream):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
