@@ -15,36 +15,56 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffrecon", description="Reconstruct coherent diffraction and ptychography data."
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bar or info messages",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate a ptychography scan and reconstruct it")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="simulate a ptychography scan and reconstruct it"
+    )
     demo.add_argument("--out", default="diffrecon-demo", help="run folder (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=60)
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
 
-    sim = sub.add_parser("simulate", help="simulate a data set from a TOML description")
+    sim = sub.add_parser(
+        "simulate", parents=[common], help="simulate a data set from a TOML description"
+    )
     sim.add_argument("config", nargs="?", help="simulation TOML (default: built-in scene)")
     sim.add_argument("--modality", default="ptycho")
     sim.add_argument("--out", required=True, help="output .cxi file")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
 
-    rec = sub.add_parser("reconstruct", help="reconstruct a data file")
+    rec = sub.add_parser("reconstruct", parents=[common], help="reconstruct a data file")
     rec.add_argument("data", help="CXI or HDF5 data file")
     rec.add_argument("--modality", default=None, help="registered modality (default: ptycho)")
     rec.add_argument("--config", default=None, help="run configuration TOML")
-    rec.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                     help="override a config key, e.g. --set recon.epochs=200 (repeatable)")
+    rec.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a config key, e.g. --set recon.epochs=200 (repeatable)",
+    )
     rec.add_argument("--out", default=None, help="run folder (default: <data stem>-recon)")
     rec.add_argument("--resume", default=None, help="continue the run in this folder")
     rec.add_argument("--device", default=None, help="torch device, e.g. cuda")
     rec.add_argument("--lazy", action="store_true", help="read patterns batch by batch")
 
-    ins = sub.add_parser("inspect", help="summarise and validate a data file")
+    ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a data file")
     ins.add_argument("data")
     ins.add_argument("--modality", default="ptycho")
 
-    conf = sub.add_parser("config", help="print the default configuration of a modality")
+    conf = sub.add_parser(
+        "config", parents=[common], help="print the default configuration of a modality"
+    )
     conf.add_argument("modality", nargs="?", default="ptycho")
     conf.add_argument("--list", action="store_true", help="list registered modalities")
     return parser
@@ -56,8 +76,9 @@ def _summary(result: object, seconds: float) -> str:
     assert isinstance(result, Result)
     lines = [f"finished in {seconds:.1f} s; final loss {result.history['loss/total'][-1]:.5g}"]
     if result.metrics:
-        lines.append("vs ground truth: " + ", ".join(
-            f"{k} = {v:.4g}" for k, v in result.metrics.items()))
+        lines.append(
+            "vs ground truth: " + ", ".join(f"{k} = {v:.4g}" for k, v in result.metrics.items())
+        )
     if result.out is not None:
         lines.append(f"run folder: {result.out}/ (reconstruction.h5, report.png, config.toml)")
         lines.append(f"TensorBoard: tensorboard --logdir {result.out / 'tensorboard'}")
@@ -73,8 +94,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "inspect":
         print(api.inspect(args.data, args.modality))
     elif args.command == "simulate":
-        data = api.simulate(args.config, modality=args.modality, out=args.out,
-                            overrides=args.overrides)
+        data = api.simulate(
+            args.config, modality=args.modality, out=args.out, overrides=args.overrides
+        )
         print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
     elif args.command == "demo":
         out = Path(args.out)
@@ -82,8 +104,12 @@ def _run(args: argparse.Namespace) -> int:
         data = api.simulate(out=out / "data.cxi")
         print(f"simulated {data.num_patterns} far-field patterns -> {out / 'data.cxi'}")
         start = time.perf_counter()
-        result = api.reconstruct(data, "ptycho", out=out, overrides=[
-            f"recon.epochs={args.epochs}", *args.overrides, *quiet])
+        result = api.reconstruct(
+            data,
+            "ptycho",
+            out=out,
+            overrides=[f"recon.epochs={args.epochs}", *args.overrides, *quiet],
+        )
         print(_summary(result, time.perf_counter() - start))
     elif args.command == "reconstruct":
         overrides = list(args.overrides) + quiet
@@ -91,24 +117,34 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f'recon.device="{args.device}"')
         out = args.out or (None if args.resume else f"{Path(args.data).stem}-recon")
         start = time.perf_counter()
-        result = api.reconstruct(args.data, args.modality, args.config, out=out,
-                                 resume=args.resume, overrides=overrides, lazy=args.lazy)
+        result = api.reconstruct(
+            args.data,
+            args.modality,
+            args.config,
+            out=out,
+            resume=args.resume,
+            overrides=overrides,
+            lazy=args.lazy,
+        )
         print(_summary(result, time.perf_counter() - start))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s"
+    )
     try:
         return _run(args)
     except DiffreconError as error:
         print(f"diffrecon: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("diffrecon: interrupted (the last checkpoint is kept; --resume continues)",
-              file=sys.stderr)
+        print(
+            "diffrecon: interrupted (the last checkpoint is kept; --resume continues)",
+            file=sys.stderr,
+        )
         return 130
 
 
