@@ -59,9 +59,12 @@ class Metrics:
         last = epoch + 1 == run.config.epochs
         values = self.evaluate(run.model) if (epoch + 1) % self.every == 0 or last else {}
         names = set(values) | {k.split("/", 1)[1] for k in run.history if k.startswith("metric/")}
+        epochs_done = len(run.history["loss/total"])
         for name in names:
+            series = run.history[f"metric/{name}"]
+            series.extend([float("nan")] * (epochs_done - 1 - len(series)))  # one per epoch
             value = values.get(name, float("nan"))
-            run.history[f"metric/{name}"].append(value)
+            series.append(value)
             if name in values:
                 logs[f"metric/{name}"] = value
 
