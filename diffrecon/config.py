@@ -111,6 +111,8 @@ def to_dict(config: Any) -> dict[str, Any]:
             value = to_dict(value)
         elif isinstance(value, dict):
             value = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in value.items()}
+        elif isinstance(value, (list, tuple)):
+            value = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         if value is not None:
             result[f.name] = value
     return result
@@ -158,6 +160,10 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value):
+        value = to_dict(value)
+    if isinstance(value, dict):  # inline table (e.g. a list of regularizers)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from pathlib import Path
@@ -57,15 +58,33 @@ def build_config(values: dict[str, Any] | None = None, *, modality: str | None =
         values["modality"] = modality
     name = values.get("modality", RunConfig.modality)
     model_cls = models.get(name)
+    values = _merge(model_cls.run_defaults, values)
     model_values = values.pop("model", {}) or {}
     run = cfg.from_dict(RunConfig, values)
     run.model = cfg.from_dict(model_cls.Config, model_values, "model")
     return run
 
 
+def _merge(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` over ``defaults``, nested tables merged key by key."""
+    out = dict(defaults)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None, *, modality: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    values = cfg.load_toml(path) if path is not None else {}
+    if path is None:
+        return build_config({}, modality=modality, overrides=overrides)
+    values = cfg.load_toml(path)
+    try:  # the file alone first, so that its own errors name it
+        build_config(copy.deepcopy(values), modality=modality)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     return build_config(values, modality=modality, overrides=overrides)
 
 

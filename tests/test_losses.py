@@ -1,0 +1,315 @@
+"""Likelihoods and regularizers: minima, Poisson log-probability, gradients, noise, masks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffrecon.losses.likelihoods import (
+    Amplitude,
+    Gaussian,
+    Likelihood,
+    Poisson,
+    likelihoods,
+    magnitude_projection,
+)
+from diffrecon.losses.regularizers import (
+    amplitude_above_one,
+    regularizers,
+    sparsity,
+    total_variation,
+)
+
+NAMES = ["amplitude", "gaussian", "poisson"]
+
+
+def counts(shape: tuple[int, ...] = (3, 8, 8), seed: int = 0, scale: float = 50.0) -> torch.Tensor:
+    """Integer-valued float64 counts, some of them zero."""
+    generator = torch.Generator().manual_seed(seed)
+    rates = scale * torch.rand(shape, generator=generator, dtype=torch.float64)
+    values = torch.poisson(rates, generator=generator)
+    values[0, 0, :3] = 0.0
+    return values
+
+
+def test_registry_holds_the_three_likelihoods():
+    assert likelihoods.names() == NAMES
+
+
+# --- nll: minimum at equality ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nll_is_zero_at_equality_and_positive_elsewhere(name):
+    likelihood: Likelihood = likelihoods.get(name)()
+    measured = counts()
+    prepared = likelihood.prepare(measured)
+    at_truth = likelihood.nll(measured.clone(), prepared)
+    # zero up to the eps that keeps logs and square roots finite (<= 1e-6 per pixel)
+    assert abs(float(at_truth)) < 1e-6 * measured.numel()
+    for factor in (0.5, 0.9, 1.1, 2.0):
+        predicted = measured * factor + (factor - 1) ** 2  # also moves the zero-count pixels
+        assert float(likelihood.nll(predicted, prepared)) > 1e-3
+    # elementwise too: no pixel can do better than equality
+    perturbed = measured + 3.0 * torch.rand(measured.shape, dtype=torch.float64)
+    assert bool((likelihood.elementwise(perturbed, prepared) >= -1e-6).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nll_minimum_along_a_scale(name):
+    """Scanning the prediction's scale, the nll is smallest at predicted == measured."""
+    likelihood = likelihoods.get(name)()
+    measured = counts(scale=80.0)
+    prepared = likelihood.prepare(measured)
+    factors = torch.linspace(0.8, 1.2, 41, dtype=torch.float64)
+    values = torch.stack([likelihood.nll(measured * f, prepared) for f in factors])
+    assert float(factors[int(values.argmin())]) == pytest.approx(1.0, abs=1e-9)
+
+
+# --- Poisson nll is -log pmf up to a term in the data alone --------------------------------
+
+
+@pytest.mark.parametrize(("eps", "tolerance"), [(0.0, 1e-9), (1e-6, 1e-5)])
+def test_poisson_nll_differences_equal_log_probability_differences(eps, tolerance):
+    likelihood = Poisson(eps=eps)
+    measured = counts(scale=30.0)
+    generator = torch.Generator().manual_seed(1)
+    first = 0.5 + 40 * torch.rand(measured.shape, generator=generator, dtype=torch.float64)
+    second = 0.5 + 40 * torch.rand(measured.shape, generator=generator, dtype=torch.float64)
+
+    def minus_log_pmf(rate: torch.Tensor) -> torch.Tensor:
+        return -torch.distributions.Poisson(rate).log_prob(measured).sum()
+
+    ours = likelihood.nll(first, measured) - likelihood.nll(second, measured)
+    reference = minus_log_pmf(first) - minus_log_pmf(second)
+    assert float(ours) == pytest.approx(float(reference), rel=tolerance)
+    # and the offset nll - (-log pmf) depends on the data only
+    offset_first = likelihood.nll(first, measured) - minus_log_pmf(first)
+    offset_second = likelihood.nll(second, measured) - minus_log_pmf(second)
+    assert float(offset_first) == pytest.approx(float(offset_second), rel=tolerance)
+
+
+# --- closed-form gradients equal autograd ---------------------------------------------------
+
+
+def test_poisson_gradient_is_one_minus_counts_over_intensity():
+    likelihood = Poisson(eps=0.0)
+    measured = counts()
+    predicted = (measured + 1.0 + torch.rand(measured.shape, dtype=torch.float64))
+    predicted.requires_grad_(True)
+    likelihood.nll(predicted, measured).backward()
+    expected = 1 - measured / predicted.detach()
+    torch.testing.assert_close(predicted.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.5])
+def test_gaussian_gradient_is_residual_over_variance(sigma):
+    likelihood = Gaussian(sigma=sigma)
+    measured = counts()
+    predicted = (measured + 4 * torch.randn(measured.shape, dtype=torch.float64))
+    predicted.requires_grad_(True)
+    likelihood.nll(predicted, measured).backward()
+    expected = (predicted.detach() - measured) / sigma**2
+    torch.testing.assert_close(predicted.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_amplitude_gradient_is_twice_the_distance_to_the_magnitude_projection(modes):
+    """For a complex Psi (B, M, H, W) with I = sum_m |Psi_m|^2, torch's gradient (the
+    conjugate Wirtinger derivative times two) of sum (sqrt(I) - a)^2 is 2 (Psi - P_M Psi)."""
+    likelihood = Amplitude()
+    generator = torch.Generator().manual_seed(3)
+    shape = (2, modes, 6, 6)
+    psi = torch.complex(
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+    ).requires_grad_(True)
+    measured = counts((2, 6, 6))
+    prepared = likelihood.prepare(measured)
+    intensity = psi.real.square().sum(1) + psi.imag.square().sum(1)
+    likelihood.nll(intensity, prepared).backward()
+    with torch.no_grad():
+        expected = 2 * (psi - magnitude_projection(psi, prepared))
+        projected = likelihood.project(psi, prepared)
+    torch.testing.assert_close(psi.grad, expected, rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(projected, expected.neg() / 2 + psi.detach(), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_vanishes_at_the_data(name):
+    likelihood = likelihoods.get(name)()
+    measured = counts() + 1.0  # strictly positive: the amplitude's sqrt is smooth there
+    predicted = measured.clone().requires_grad_(True)
+    likelihood.nll(predicted, likelihood.prepare(measured)).backward()
+    assert float(predicted.grad.abs().max()) < 1e-5
+
+
+# --- sample: mean and variance --------------------------------------------------------------
+
+SAMPLES = 200_000
+
+
+def sampled(likelihood: Likelihood, value: float) -> torch.Tensor:
+    expected = torch.full((SAMPLES,), value, dtype=torch.float64)
+    return likelihood.sample(expected, torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("rate", [3.0, 40.0])
+def test_poisson_sample_mean_equals_variance(rate):
+    values = sampled(Poisson(), rate)
+    se = math.sqrt(rate / SAMPLES)
+    assert float(values.mean()) == pytest.approx(rate, abs=5 * se)
+    assert float(values.var()) == pytest.approx(rate, rel=0.02)
+    assert torch.equal(values, values.round())  # counts are integers
+    again = sampled(Poisson(), rate)
+    assert torch.equal(values, again)  # seeded: reproducible
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_gaussian_sample_has_sigma(sigma):
+    values = sampled(Gaussian(sigma=sigma), 200.0)  # far from the clamp at zero
+    assert float(values.mean()) == pytest.approx(200.0, abs=5 * sigma / math.sqrt(SAMPLES))
+    assert float(values.std()) == pytest.approx(sigma, rel=0.01)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_amplitude_sample_has_sigma_in_the_sqrt_domain(sigma):
+    values = sampled(Amplitude(sigma=sigma), 400.0)  # amplitude 20, far from zero
+    amplitudes = values.sqrt()
+    assert float(amplitudes.mean()) == pytest.approx(20.0, abs=5 * sigma / math.sqrt(SAMPLES))
+    assert float(amplitudes.std()) == pytest.approx(sigma, rel=0.01)
+    assert bool((values >= 0).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_is_non_negative_and_keeps_shape(name):
+    likelihood = likelihoods.get(name)()
+    expected = torch.rand((4, 5, 6), dtype=torch.float32) * 2
+    values = likelihood.sample(expected, torch.Generator().manual_seed(0))
+    assert values.shape == expected.shape and values.dtype == expected.dtype
+    assert bool((values >= 0).all())
+
+
+# --- mask -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_invalid_pixels_do_not_enter_the_nll(name):
+    likelihood = likelihoods.get(name)()
+    measured = counts()
+    prepared = likelihood.prepare(measured)
+    valid = torch.ones(measured.shape[-2:], dtype=torch.bool)
+    valid[2:5, 3:6] = False
+    predicted = measured * 1.3 + 0.5
+    wild = predicted.clone()
+    wild[..., ~valid] = 1e6  # whatever is predicted there must not matter
+    masked = likelihood.nll(predicted, prepared, valid)
+    assert float(likelihood.nll(wild, prepared, valid)) == pytest.approx(float(masked), rel=1e-12)
+    reference = likelihood.elementwise(predicted, prepared)[..., valid].sum()
+    assert float(masked) == pytest.approx(float(reference), rel=1e-12)
+    assert float(likelihood.nll(predicted, prepared, valid)) < float(
+        likelihood.nll(predicted, prepared))
+    nothing = torch.zeros_like(valid)
+    assert float(likelihood.nll(wild, prepared, nothing)) == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masked_pixels_get_no_gradient(name):
+    likelihood = likelihoods.get(name)()
+    measured = counts()
+    valid = torch.ones(measured.shape[-2:], dtype=torch.bool)
+    valid[0, :] = False
+    predicted = (measured * 1.3 + 0.5).requires_grad_(True)
+    likelihood.nll(predicted, likelihood.prepare(measured), valid).backward()
+    assert float(predicted.grad[..., 0, :].abs().max()) == 0.0
+    assert float(predicted.grad[..., 1:, :].abs().max()) > 0.0
+
+
+# --- project --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_project_is_idempotent_sets_magnitudes_and_keeps_invalid_pixels(name):
+    likelihood = likelihoods.get(name)()
+    generator = torch.Generator().manual_seed(5)
+    shape = (3, 2, 8, 8)
+    field = torch.complex(torch.randn(shape, generator=generator, dtype=torch.float64),
+                          torch.randn(shape, generator=generator, dtype=torch.float64))
+    measured = counts()
+    prepared = likelihood.prepare(measured)
+    valid = torch.ones(shape[-2:], dtype=torch.bool)
+    valid[::3, 1::2] = False
+    once = likelihood.project(field, prepared, valid)
+    twice = likelihood.project(once, prepared, valid)
+    torch.testing.assert_close(twice, once, rtol=1e-6, atol=1e-6)
+    # valid pixels: the incoherent sum of the modes carries the measured amplitude ...
+    magnitude = once.abs().square().sum(1).sqrt()
+    torch.testing.assert_close(magnitude[..., valid], measured.sqrt()[..., valid],
+                               rtol=1e-6, atol=1e-5)
+    # ... with phases and mode ratios kept; invalid pixels are untouched
+    ratio = once[..., valid] / field[..., valid]
+    torch.testing.assert_close(ratio.imag, torch.zeros_like(ratio.imag), atol=1e-9, rtol=0)
+    assert torch.equal(once[..., ~valid], field[..., ~valid])
+    # without a mask every pixel is projected
+    full = likelihood.project(field, prepared)
+    torch.testing.assert_close(full.abs().square().sum(1).sqrt(), measured.sqrt(),
+                               rtol=1e-6, atol=1e-5)
+
+
+# --- regularizers ---------------------------------------------------------------------------
+
+
+def test_regularizer_registry():
+    assert {"tv", "sparsity", "amplitude_max"} <= set(regularizers.names())
+    assert regularizers.get("tv") is total_variation
+
+
+def test_tv_of_a_constant_is_zero():
+    field = torch.full((1, 16, 16), 0.7 + 0.2j, dtype=torch.complex128)
+    assert float(total_variation(field, eps=0.0)) == 0.0
+    # the default eps adds sqrt(eps) per difference pixel only
+    assert float(total_variation(field)) == pytest.approx(15 * 15 * 1e-4, rel=1e-6)
+
+
+@pytest.mark.parametrize("step", [0.5, 2.0j, 1 - 1j])
+def test_tv_of_a_step_is_its_height_times_its_length(step):
+    height, width = 12, 10
+    field = torch.zeros((1, height, width), dtype=torch.complex128)
+    field[..., :, 6:] = step  # a vertical edge
+    # differences live on the (H-1, W-1) grid: the edge is H - 1 pixels long
+    expected = abs(step) * (height - 1)
+    assert float(total_variation(field, eps=0.0)) == pytest.approx(expected, rel=1e-12)
+    horizontal = field.transpose(-1, -2)  # (1, width, height): the edge runs along x
+    assert float(total_variation(horizontal, eps=0.0)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_tv_is_isotropic_on_a_diagonal_corner():
+    field = torch.zeros((3, 3), dtype=torch.float64)
+    field[1, 1] = 1.0  # dy = dx = 1 at [0, 0] -> sqrt(2); dy or dx -1 at [0,1], [1,0]
+    assert float(total_variation(field, eps=0.0)) == pytest.approx(math.sqrt(2) + 2, rel=1e-12)
+
+
+def test_sparsity_is_the_l1_norm():
+    field = torch.tensor([[3 + 4j, 0.0, -1.0j]], dtype=torch.complex128)
+    assert float(sparsity(field)) == pytest.approx(6.0)
+
+
+def test_amplitude_max_penalises_only_gain():
+    phases = torch.exp(1j * torch.linspace(0, 6, 50, dtype=torch.float64))
+    inside = phases * torch.linspace(0, 1, 50, dtype=torch.float64)
+    assert float(amplitude_above_one(inside)) == 0.0
+    outside = torch.tensor([1.5, 1.5j, 0.3, -2.0], dtype=torch.complex128)
+    assert float(amplitude_above_one(outside)) == pytest.approx(0.25 + 0.25 + 1.0)
+
+
+@pytest.mark.parametrize("name", ["tv", "sparsity", "amplitude_max"])
+def test_regularizers_are_differentiable_in_complex128(name):
+    penalty = regularizers.get(name)
+    generator = torch.Generator().manual_seed(2)
+    field = torch.complex(1.2 * torch.rand((1, 5, 5), generator=generator, dtype=torch.float64),
+                          torch.rand((1, 5, 5), generator=generator, dtype=torch.float64))
+    field.requires_grad_(True)
+    assert torch.autograd.gradcheck(penalty, (field,), eps=1e-6, atol=1e-5)
