@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from diffrecon import config as cfg
-from diffrecon.algorithms.base import Algorithm, algorithms
+from diffrecon.algorithms.base import Algorithm
+from diffrecon.algorithms.recipe import make_algorithm
 from diffrecon.data import cxi
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
@@ -28,10 +29,17 @@ from diffrecon.recon import callbacks as cb
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
 from diffrecon.recon.initialize import select_initial_guess
+from diffrecon.recon.multistart import multistart
 from diffrecon.recon.objective import Objective
 from diffrecon.recon.optim import ParameterPlan
 from diffrecon.recon.reconstructor import Reconstructor
-from diffrecon.runconfig import RunConfig, build_config, config_to_dict, config_to_toml
+from diffrecon.runconfig import (
+    RunConfig,
+    build_config,
+    config_to_dict,
+    config_to_toml,
+    load_config,
+)
 from diffrecon.tracking import NullLogger, RunLogger
 
 log = logging.getLogger("diffrecon")
@@ -73,7 +81,7 @@ def _as_config(config: RunConfig | str | Path | dict[str, Any] | None, modality:
         values["model"] = cfg.to_dict(config.model)
         return build_config(values, modality=modality, overrides=overrides)
     if isinstance(config, (str, Path)):
-        return build_config(cfg.load_toml(config), modality=modality, overrides=overrides)
+        return load_config(config, modality=modality, overrides=overrides)
     return build_config(config, modality=modality, overrides=overrides)
 
 
@@ -120,14 +128,32 @@ def reconstruct(
         data = load(data, lazy=True)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
+    if state is None and run_config.recon.starts > 1:
+        best, results, metrics = multistart(
+            data, run_config, lambda start: _reconstruct_once(data, start, None, None, lazy))
+        out_dir = Path(out) if out is not None else None
+        if out_dir is not None:
+            _write_run_folder(out_dir, run_config, results, best.history, metrics)
+        return Result(best.model, results, best.history, metrics, out_dir)
+    return _reconstruct_once(data, run_config, state, out, lazy)
+
+
+def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
+                      out: str | Path | None, lazy: bool) -> Result:
+    """One reconstruction of validated ``data`` (from ``state`` when resuming)."""
+    model_cls = models.get(run_config.modality)
     device = torch.device(run_config.recon.device)
     generator = torch.Generator().manual_seed(run_config.recon.seed)
     model = model_cls.from_data(data, run_config.model, generator=generator, device=device)
     objective = Objective(run_config.loss, data.num_patterns)
     batches = PatternBatches(data, model.propagator, device, lazy=lazy,
                              prepare=objective.likelihood.prepare)
+    objective.num_patterns = len(batches)  # a 3D volume is one measurement
     objective.check(model)
-    algorithm = algorithms.get(run_config.algorithm.name)(run_config.algorithm)
+    algorithm, epochs = make_algorithm(run_config.algorithm, run_config.recon.epochs)
+    if epochs != run_config.recon.epochs:  # a recipe's counts set the run length
+        run_config = dataclasses.replace(
+            run_config, recon=dataclasses.replace(run_config.recon, epochs=epochs))
     make_run = _run_factory(model, batches, objective, algorithm, run_config)
     if state is None:
         candidates = model.initial_guesses(data)
@@ -138,7 +164,7 @@ def reconstruct(
     logger = _logger(run_config, out_dir)
     evaluate = (truth_evaluator(data.truth, data.positions_m)
                 if data.truth is not None and run_config.log.metrics else None)
-    run.callbacks = _callbacks(run_config, out_dir, logger, evaluate)
+    run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, evaluate)
     if state is not None:
         cb.resume(run, state)
     try:
@@ -226,6 +252,7 @@ def default_config(modality: str) -> str:
 def inspect(path: str | Path, modality: str = "ptycho") -> str:
     """A human summary of a data file, ending with the validation verdict."""
     data = load(path, lazy=True)
-    text = cxi.inspect_text(data)
-    data.validate(needs_positions=models.get(modality).needs_positions)
-    return text + "\nvalidation: OK"
+    model_cls = models.get(modality)
+    data.validate(needs_positions=model_cls.needs_positions)
+    extra = model_cls.describe(data)
+    return cxi.inspect_text(data) + (f"\n{extra}" if extra else "") + "\nvalidation: OK"

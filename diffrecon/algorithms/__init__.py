@@ -1,6 +1,6 @@
 """Update rules over a forward model: autograd optimisers, PIE family, projections."""
 
-from diffrecon.algorithms import gradient, pie  # noqa: F401  (register the algorithms)
+from diffrecon.algorithms import cdi, gradient, pie, recipe  # noqa: F401  (registrations)
 from diffrecon.algorithms.base import Algorithm, algorithms
 
 __all__ = ["Algorithm", "algorithms"]

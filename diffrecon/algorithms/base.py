@@ -16,11 +16,19 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class AlgorithmConfig:
-    name: str = doc("gradient", "update rule: gradient (autograd optimisers), epie, rpie")
+    name: str = doc(
+        "gradient",
+        "update rule: gradient (autograd optimisers), epie, rpie, er, hio, dm, raar, oss, or a "
+        "recipe of stages run in turn, e.g. 'hio:400,er:100,gradient:50' (its counts then set "
+        "the number of epochs; the last count may be left out to fill recon.epochs)",
+    )
     alpha: float | None = doc(
         None, "PIE object step (ePIE alpha, default 1) or regularisation (rPIE, default 0.1)"
     )
     beta: float = doc(1.0, "PIE probe step/regularisation")
+    feedback: float | None = doc(
+        None, "HIO/OSS/DM/RAAR feedback parameter beta (default 0.9, RAAR 0.85)"
+    )
 
 
 @dataclasses.dataclass

@@ -39,9 +39,16 @@ class PatternBatches:
         self.prepare = prepare
         self.device = torch.device(device)
         self.lazy = not isinstance(data.patterns, np.ndarray) if lazy is None else lazy
-        self.valid = propagator.to_native(torch.as_tensor(data.valid_mask())).to(self.device)
+        # A propagator over all the data's axes (3D CDI): the whole array is one measurement.
+        self.volume = propagator.ndim == len(data.patterns.shape)
+        frame = tuple(data.patterns.shape[-propagator.ndim :])
+        valid = np.broadcast_to(data.valid_mask(), frame).copy()
+        self.valid = propagator.to_native(torch.as_tensor(valid)).to(self.device)
         self.patterns: Tensor | None = None
-        if not self.lazy:
+        if self.volume:
+            self.lazy = False
+            self.patterns = self._convert(torch.as_tensor(np.asarray(data.patterns))[None])
+        elif not self.lazy:
             n, (h, w) = data.num_patterns, data.frame_shape
             self.patterns = torch.empty((n, h, w), dtype=torch.float32, device=self.device)
             for start in range(0, n, chunk):
@@ -54,7 +61,7 @@ class PatternBatches:
         return native if self.prepare is None else self.prepare(native)
 
     def __len__(self) -> int:
-        return self.data.num_patterns
+        return 1 if self.volume else self.data.num_patterns
 
     def __call__(self, index: Tensor) -> Tensor:
         if self.patterns is not None:

@@ -79,3 +79,23 @@ def complex_phantom(
     amplitude = high - (high - low) * amp
     phase = phase_range * np.tanh(phase / 1.5)
     return amplitude * np.exp(1j * phase)
+
+
+def blob_support(shape: tuple[int, ...], rng: np.random.Generator, roughness: float = 0.15
+                 ) -> np.ndarray:
+    """A compact, irregular, non-centrosymmetric blob filling most of ``shape`` (2D or 3D), bool.
+
+    A ball of radius 0.42 min(shape) whose radius is modulated by smooth noise (relative
+    amplitude ``roughness``), so the support has no symmetry that would help the twin image.
+    """
+    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    radius = np.sqrt(sum(g**2 for g in grids))
+    wobble = 1 + roughness * smooth_noise(shape, min(shape) / 5, rng)
+    return radius < 0.42 * min(shape) * wobble
+
+
+def complex_volume(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random complex 3D object (amplitude 0.5-1, phase within +-1 rad), complex128."""
+    amplitude = 0.75 + 0.25 * np.tanh(smooth_noise(shape, min(shape) / 10, rng))
+    phase = np.tanh(smooth_noise(shape, min(shape) / 8, rng))
+    return amplitude * np.exp(1j * phase)

@@ -18,7 +18,7 @@ import torch
 from diffrecon.config import doc
 from diffrecon.data import scans
 from diffrecon.data.container import DiffractionData, Truth
-from diffrecon.data.phantoms import complex_phantom, smooth_noise
+from diffrecon.data.phantoms import blob_support, complex_phantom, complex_volume, smooth_noise
 from diffrecon.losses.likelihoods import Likelihood, make_likelihood
 from diffrecon.models.base import ForwardModel
 from diffrecon.physics import optics
@@ -69,12 +69,18 @@ class ProbeSpec:
 
 
 @dataclasses.dataclass
-class PtychoSimulation:
+class Beamline:
+    """Settings every simulation shares: what, from which seed, and the detector geometry."""
+
     modality: str = doc("ptycho", "registered modality to simulate")
-    seed: int = doc(0, "random seed (object, scan jitter, noise)")
+    seed: int = doc(0, "random seed (object, scan, noise)")
     energy_ev: float = doc(8000.0, "photon energy, eV")
     distance_m: float = doc(2.0, "sample-detector distance, metres")
     detector_pixel_m: float = doc(75e-6, "detector pixel size, metres")
+
+
+@dataclasses.dataclass
+class PtychoSimulation(Beamline):
     frame_px: int = doc(64, "detector frame size (square), pixels")
     scan: Literal["fermat", "raster", "jittered_raster", "concentric"] = doc("fermat", "scan")
     scan_points: int = doc(400, "number of scan positions (fermat)")
@@ -209,3 +215,126 @@ def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
 
 
 simulators.register("ptycho")(Simulator(PtychoSimulation, simulate_ptycho))
+
+
+@dataclasses.dataclass
+class CDISimulation(Beamline):
+    modality: str = doc("cdi", "registered modality to simulate")
+    distance_m: float = doc(1.0, "sample-detector distance, metres")
+    dimensions: Literal[2, 3] = doc(2, "2D pattern or 3D intensity volume")
+    array_px: int = doc(256, "detector (array) size per axis, pixels")
+    object_px: int = doc(64, "object extent per axis, pixels (compact irregular support)")
+    photons: float = doc(1e8, "total counts in the pattern (or volume)")
+    noise: Literal["poisson", "gaussian", "amplitude", "none"] = doc("poisson", "noise model")
+    beamstop_px: int = doc(7, "side of a central square beamstop (masked, 2D only), pixels")
+    variant: Literal["plane", "fresnel", "holographic"] = doc(
+        "plane", "plane wave; fresnel: curved illumination; holographic: pinhole reference"
+    )
+    edge_phase_rad: float = doc(
+        4.5, "fresnel: wavefront curvature, as the quadratic phase at the beam edge, radians; "
+        "the photons are in the beam, the object is the transmission minus one (reconstruct "
+        "with model.transmission_offset=1)")
+    beam_radius: float = doc(
+        0.6, "fresnel: radius of the (soft-edged, defocused-aperture) beam / object_px")
+    reference_radius_px: float = doc(3.0, "holographic: pinhole radius, pixels")
+    reference_offset_px: float = doc(56.0, "holographic: pinhole distance from the centre (x)")
+    reference_amplitude: float = doc(4.0, "holographic: pinhole amplitude / max object amplitude")
+
+
+@dataclasses.dataclass
+class CDIScene:
+    """A CDI ground truth on the full array (see ``cdi_scene``); for Fresnel CDI the reference
+    is the unit transmission of the thin sample's surroundings."""
+
+    object: np.ndarray
+    support: np.ndarray
+    illumination: np.ndarray | None
+    reference: np.ndarray | None
+
+
+def cdi_scene(config: CDISimulation) -> CDIScene:
+    """Object (zero outside its support), illumination and reference of a CDI simulation.
+
+    Scaled so that the exit wave carries ``config.photons`` in total (Parseval); deterministic
+    in ``config.seed``, so a known reference can be rebuilt for reconstruction.
+    """
+    rng = np.random.default_rng(config.seed)
+    m, n, d = config.object_px, config.array_px, config.dimensions
+    small = (m,) * d
+    support = blob_support(small, rng)
+    if d == 2:  # the phantom needs some room for its features: crop the centre of a larger one
+        big = max(m, 32)
+        values = complex_phantom((big, big), rng)[(big - m) // 2 :, (big - m) // 2 :][:m, :m]
+    else:
+        values = complex_volume((m, m, m), rng)
+    start = n // 2 - m // 2
+    window = tuple(slice(start, start + m) for _ in range(d))
+    obj = np.zeros((n,) * d, np.complex128)
+    obj[window] = values * support
+    full_support = np.zeros((n,) * d, bool)
+    full_support[window] = support
+    grids = np.meshgrid(*[np.arange(n) - n // 2 for _ in range(d)], indexing="ij")
+    r2 = sum(g**2 for g in grids)
+    illumination = reference = None
+    if config.variant == "fresnel":
+        # a defocused aperture: a soft-edged disc a little wider than the object, with a
+        # quadratic phase; the object is the transmission minus one
+        radius = config.beam_radius * m
+        envelope = 0.5 * (1 - np.tanh(np.sqrt(r2) - radius))
+        illumination = envelope * np.exp(1j * config.edge_phase_rad * r2 / radius**2)
+        obj = np.where(full_support, obj - 1, 0)
+        exit_wave = illumination * (obj + 1)
+        scale = math.sqrt(config.photons / float(np.sum(np.abs(exit_wave) ** 2)))
+        return CDIScene(obj.astype(np.complex64), full_support,
+                        (illumination * scale).astype(np.complex64),
+                        np.ones_like(obj, dtype=np.complex64))
+    if config.variant == "holographic":
+        offset = sum(g**2 for g in grids[:-1]) + (grids[-1] - config.reference_offset_px) ** 2
+        reference = config.reference_amplitude * (offset <= config.reference_radius_px**2)
+        reference = reference.astype(np.complex128)
+    exit_wave = obj + (0 if reference is None else reference)
+    if illumination is not None:
+        exit_wave = exit_wave * illumination
+    scale = math.sqrt(config.photons / float(np.sum(np.abs(exit_wave) ** 2)))
+    return CDIScene(
+        (obj * scale).astype(np.complex64), full_support,
+        None if illumination is None else illumination.astype(np.complex64),
+        None if reference is None else (reference * scale).astype(np.complex64),
+    )
+
+
+def simulate_cdi(config: CDISimulation) -> DiffractionData:
+    """A 2D pattern (1, H, W) or 3D volume (D, H, W) of one isolated object, with its truth."""
+    from diffrecon.models.cdi import CDI, CDIConfig
+
+    scene = cdi_scene(config)
+    n = config.array_px
+    wavelength = optics.xray_wavelength_m(config.energy_ev)
+    pixel = optics.farfield_pixel_size_m(wavelength, config.distance_m, n,
+                                         config.detector_pixel_m)
+    model = CDI(
+        torch.as_tensor(scene.object), torch.as_tensor(scene.support), (pixel, pixel),
+        CDIConfig(),
+        illumination=None if scene.illumination is None else torch.as_tensor(scene.illumination),
+        reference=None if scene.reference is None else torch.as_tensor(scene.reference),
+    )
+    noise = None if config.noise == "none" else make_likelihood(config.noise)
+    generator = torch.Generator().manual_seed(config.seed)
+    patterns = simulate_patterns(model, noise, 1, generator=generator)
+    patterns = patterns.reshape(-1, n, n)
+    valid = np.ones((n, n), dtype=bool)
+    if config.beamstop_px and config.dimensions == 2:
+        low = n // 2 - config.beamstop_px // 2
+        valid[low : low + config.beamstop_px, low : low + config.beamstop_px] = False
+        patterns[:, ~valid] = 0
+    return DiffractionData(
+        patterns=patterns, wavelength_m=wavelength, distance_m=config.distance_m,
+        detector_pixel_size_m=(config.detector_pixel_m,) * 2,
+        valid=None if valid.all() else valid, probe_guess=scene.illumination,
+        truth=Truth(object=scene.object, pixel_size_m=(pixel, pixel)),
+        metadata={"simulation": f"cdi {config.dimensions}D {config.variant}",
+                  "seed": str(config.seed)},
+    )
+
+
+simulators.register("cdi")(Simulator(CDISimulation, simulate_cdi))

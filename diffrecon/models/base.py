@@ -82,6 +82,10 @@ class ForwardModel(nn.Module):
 
     Config: ClassVar[type]
     needs_positions: ClassVar[bool] = True
+    #: ambiguities removed before comparing with ground truth (keywords of ``metrics.align``)
+    alignment: ClassVar[dict[str, bool]] = {}
+    #: run-config defaults of this modality (nested TOML-like dict), under the user's config
+    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, propagator: Propagator, measurement: Measurement) -> None:
         super().__init__()
@@ -109,6 +113,15 @@ class ForwardModel(nn.Module):
         device: torch.device | str = "cpu",
     ) -> ForwardModel:
         raise NotImplementedError
+
+    @classmethod
+    def describe(cls, data: Any) -> str:
+        """Modality-specific lines for ``diffrecon inspect`` (e.g. sampling ratios); "" if none."""
+        return ""
+
+    def callbacks(self) -> list[Any]:
+        """Loop callbacks this modality needs (e.g. a support update); none by default."""
+        return []
 
     def initial_guesses(self, data: Any) -> list[tuple[str, dict[str, Tensor]]]:
         """Alternative starting values ``(label, {name: tensor})`` worth a short trial each.
@@ -153,6 +166,10 @@ class ForwardModel(nn.Module):
     def results(self) -> dict[str, Any]:
         """Outputs in physical units (numpy arrays, floats), DC-centred where on a detector."""
         raise NotImplementedError
+
+    def comparable(self, array: np.ndarray) -> np.ndarray:
+        """The part of an object-shaped array compared with ground truth: slice 0 by default."""
+        return array.reshape(-1, *array.shape[-2:])[0]
 
     def truth_mask(self) -> np.ndarray | None:
         """Where comparisons with ground truth count (e.g. the well-illuminated region)."""

@@ -60,9 +60,11 @@ def truth_evaluator(
                                             pixel)
             mask = model.truth_mask()
             mask = None if mask is None else mask[region]
-            est2, tru2 = est.reshape(-1, *est.shape[-2:])[0], tru.reshape(-1, *tru.shape[-2:])[0]
-            out["nrmse"] = nrmse(est2, tru2, mask=mask)
-            out["phase_rmse"] = phase_rmse(est2, tru2, mask=mask)
+            est2, tru2 = model.comparable(est), model.comparable(tru)
+            out["nrmse"] = nrmse(est2, tru2, mask=mask, **model.alignment)
+            # without a mask, the phase counts where the true object is (it is noise elsewhere)
+            phase_mask = mask if mask is not None else np.abs(tru2) > 0
+            out["phase_rmse"] = phase_rmse(est2, tru2, mask=phase_mask, **model.alignment)
         if positions_known and "positions_m" in results:
             pixel = float(np.mean(results["pixel_size_m"]))
             error = position_error(np.asarray(results["positions_m"]), truth.positions_m)

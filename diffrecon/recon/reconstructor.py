@@ -37,6 +37,8 @@ class ReconConfig:
     plateau_patience: int = doc(
         3, "halve all step sizes when the loss has not improved for n epochs (0: never)"
     )
+    starts: int = doc(1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor")
+    average_best: int = doc(5, "with starts > 1: align and average this many of the best")
 
 
 class Callback(Protocol):

@@ -1,0 +1,250 @@
+"""Conventional CDI: one isolated object inside an oversampled array, 2D or 3D.
+
+Exit wave (one pattern, one mode):
+    psi(r) = illumination(r) * (S(r) O(r) + R(r))
+with O the complex object, S its support, ``illumination`` a known incident field (ones for
+plane-wave CDI; a curved wavefront for Fresnel CDI, read from the data's ``probe_guess``) and R
+a known (optionally learnable) reference beside the sample (holographic CDI; zero otherwise,
+read from ``model.reference_file``). Detection is far-field, ``FarField(ndim)``.
+
+Data layout: a 2D pattern is ``data.patterns`` of shape (1, H, W); a 3D intensity volume is
+``data.patterns`` of shape (D, H, W) with D > 1 (CDI never has several 2D patterns), and the
+propagator is then 3D, so the loop sees a single (D, H, W) measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffrecon.config import doc
+from diffrecon.data.container import DiffractionData
+from diffrecon.errors import DataFormatError
+from diffrecon.models.base import ForwardModel, ParamSpec, models
+from diffrecon.models.measurement import Measurement
+from diffrecon.physics.filters import autocorrelation_support, gaussian_blur
+from diffrecon.physics.optics import farfield_pixel_size_m
+from diffrecon.physics.propagators import FarField
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class CDIConfig:
+    support_threshold: float = doc(
+        0.04, "initial support: autocorrelation threshold, fraction of its maximum"
+    )
+    support_margin_px: float = doc(1.0, "initial support: grown by about this many pixels")
+    support_from: Literal["auto", "autocorrelation", "illumination"] = doc(
+        "auto", "initial support: from the pattern's autocorrelation, or the footprint of the "
+        "known illumination (|I| above half its maximum; Fresnel CDI); auto: the footprint "
+        "when the data carry an illumination, else the autocorrelation")
+    constraint: Literal["none", "real", "positive"] = doc(
+        "none", "pointwise object constraint inside the support"
+    )
+    reference_file: str | None = doc(
+        None, "holographic CDI: .npy complex known reference (array shape, zero elsewhere)"
+    )
+    transmission_offset: float = doc(
+        0.0, "known transmission added everywhere: 1 for Fresnel CDI of a thin sample in a "
+        "finite beam (transmission = 1 + object, the unscattered beam is the reference)"
+    )
+    shrinkwrap_every: int = doc(20, "update the support every n epochs (0: never)")
+    shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
+    shrinkwrap_sigma_px: tuple[float, float] = doc(
+        (3.0, 1.0), "shrinkwrap Gaussian sigma (start, end), pixels; decays geometrically"
+    )
+    shrinkwrap_stop: float = doc(0.7, "freeze the support after this fraction of the epochs")
+
+
+def initial_support(intensity: Tensor, valid: Tensor, threshold: float, margin_px: float = 2.0
+                    ) -> Tensor:
+    """Autocorrelation support, high-passed at the beamstop size, grown by ``margin_px``."""
+    masked = int((~valid).sum()) / (valid.shape[0] if valid.dim() == 3 else 1)
+    support = autocorrelation_support(intensity, threshold, 2.0, math.sqrt(masked))
+    return gaussian_blur(support.float(), margin_px, support.dim()) > 0.1
+
+
+def measured_intensity(data: DiffractionData) -> tuple[Tensor, Tensor]:
+    """The measured intensity (H, W) or (D, H, W), DC-centred, masked pixels zero, and the mask."""
+    patterns = torch.as_tensor(np.asarray(data.patterns), dtype=torch.float32)
+    intensity = patterns if patterns.shape[0] > 1 else patterns[0]
+    valid = torch.as_tensor(np.broadcast_to(data.valid_mask(), intensity.shape).copy())
+    return torch.where(valid, intensity.nan_to_num(0.0), 0.0), valid
+
+
+@models.register("cdi")
+class CDI(ForwardModel):
+    """Plane-wave, Fresnel or holographic CDI of a 2D or 3D object.
+
+    Parameters: ``object`` (H, W) or (D, H, W) complex, sqrt(photons) per pixel (zero outside
+    the support); ``reference`` (same shape, only for holographic data, frozen by default);
+    ``flux``/``background`` as for every model. Buffers: ``support`` (bool), ``illumination``
+    (complex, only for Fresnel data).
+    """
+
+    Config = CDIConfig
+    needs_positions = False
+    alignment: ClassVar[dict[str, bool]] = {"allow_twin": True}
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "algorithm": {"name": "hio:1000,er:100,gradient:50"},
+        "loss": {"likelihood": "poisson"},
+        "recon": {"plateau_patience": 0, "checkpoint_every": 100},
+        "log": {"metric_every": 25, "image_every": 100},
+    }
+
+    def __init__(
+        self, object_: Tensor, support: Tensor, pixel_size_m: tuple[float, float],
+        config: CDIConfig, *, illumination: Tensor | None = None,
+        reference: Tensor | None = None, measured: np.ndarray | None = None,
+    ) -> None:
+        ndim = object_.dim()
+        super().__init__(FarField(ndim), Measurement(1, tuple(object_.shape)))
+        self.object = nn.Parameter(object_)
+        self.register_buffer("support", support.to(torch.bool))
+        self.register_buffer("illumination", illumination)
+        self.reference = None if reference is None else nn.Parameter(reference)
+        self.pixel_size_m = pixel_size_m
+        self.config = config
+        self.constraint = config.constraint
+        self.measured = measured  # DC-centred counts, for results only
+
+    @classmethod
+    def from_data(
+        cls, data: DiffractionData, config: CDIConfig, *,
+        generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    ) -> CDI:
+        intensity, valid = measured_intensity(data)
+        illumination = reference = None
+        if data.probe_guess is not None:
+            guess = np.asarray(data.probe_guess).reshape(intensity.shape)
+            illumination = torch.as_tensor(guess, dtype=torch.complex64)
+        footprint = config.support_from == "illumination" or (
+            config.support_from == "auto" and illumination is not None)
+        if footprint:
+            if illumination is None:
+                raise DataFormatError(data.source, "entry_1/instrument_1/source_1/illumination",
+                                      "the known illumination (model.support_from="
+                                      "'illumination')", "no illumination")
+            power = illumination.abs()
+            support = power > 0.5 * power.max()
+        else:
+            support = initial_support(intensity, valid, config.support_threshold,
+                                      config.support_margin_px)
+        if config.reference_file is not None:
+            reference = torch.as_tensor(np.load(config.reference_file), dtype=torch.complex64)
+            support &= reference == 0
+        if config.transmission_offset:
+            offset = torch.full(intensity.shape, config.transmission_offset, dtype=torch.complex64)
+            reference = offset if reference is None else reference + offset
+        # random start inside the support carrying the measured energy (Parseval) less the
+        # known part's
+        energy = float(intensity.sum()) * intensity.numel() / max(int(valid.sum()), 1)
+        if reference is not None:
+            known = reference if illumination is None else reference * illumination
+            energy = max(energy - float(known.abs().square().sum()), 1e-2 * energy)
+        phase = 2 * math.pi * torch.rand(intensity.shape, generator=generator)
+        amplitude = torch.rand(intensity.shape, generator=generator) * support
+        obj = torch.polar(amplitude, phase)
+        carried = obj if illumination is None else obj * illumination  # exit-wave energy
+        obj *= math.sqrt(energy / float(carried.abs().square().sum().clamp(min=1e-30)))
+        h, w = data.frame_shape
+        pixel = (
+            farfield_pixel_size_m(data.wavelength_m, data.distance_m, h,
+                                  data.detector_pixel_size_m[0]),
+            farfield_pixel_size_m(data.wavelength_m, data.distance_m, w,
+                                  data.detector_pixel_size_m[1]),
+        )
+        model = cls(obj.to(torch.complex64), support, pixel, config, illumination=illumination,
+                    reference=reference, measured=intensity.numpy())
+        return model.to(device)
+
+    @classmethod
+    def describe(cls, data: DiffractionData) -> str:
+        """Oversampling and overdetermination ratios against the autocorrelation support."""
+        intensity, valid = measured_intensity(data)
+        support = int(initial_support(intensity, valid, CDIConfig.support_threshold).sum())
+        oversampling = intensity.numel() / max(support, 1)
+        overdetermination = int(valid.sum()) / max(2 * support, 1)
+        return (f"cdi:              {intensity.dim()}D, support estimate {support} pixels\n"
+                f"oversampling:     {oversampling:.3g} (array / support pixels)\n"
+                f"overdetermination:{overdetermination:.3g} "
+                "(valid intensities / real unknowns, complex object)")
+
+    def param_specs(self) -> dict[str, ParamSpec]:
+        inside = self.object.detach()[self.support]
+        scale = float(inside.abs().square().mean().sqrt()) if inside.numel() else 1.0
+        specs = {
+            "object": ParamSpec(lr=0.01 * scale),
+            "flux": ParamSpec(enabled=False, lr=0.01),
+            "background": ParamSpec(enabled=False, lr=0.1),
+        }
+        if self.reference is not None:
+            specs["reference"] = ParamSpec(enabled=False, lr=0.01 * scale)
+        return specs
+
+    def callbacks(self) -> list[Any]:
+        from diffrecon.algorithms.cdi import Shrinkwrap
+
+        c = self.config
+        return [Shrinkwrap(c.shrinkwrap_every, c.shrinkwrap_threshold,
+                           tuple(c.shrinkwrap_sigma_px), c.shrinkwrap_stop)]
+
+    def transmission(self, obj: Tensor) -> Tensor:
+        """Exit wave of an object-space array: illumination * (obj + reference)."""
+        if self.reference is not None:
+            obj = obj + self.reference
+        return obj if self.illumination is None else obj * self.illumination
+
+    def object_step(self, delta_psi: Tensor) -> Tensor:
+        """Object change for an exit-wave change: delta conj(I) / max(|I|^2, floor).
+
+        Exact (so the Fourier projection stays a projection) wherever the illumination
+        amplitude is above 1e-3 of its peak; in darker parts, where the data say almost
+        nothing about the object, the change is damped instead of amplified without bound.
+        """
+        if self.illumination is None:
+            return delta_psi
+        power = self.illumination.abs().square()
+        return delta_psi * self.illumination.conj() / power.clamp(min=1e-6 * float(power.max()))
+
+    def exit_wave(self, index: Tensor) -> Tensor:
+        psi = self.transmission(torch.where(self.support, self.object, 0.0))
+        return psi.expand(index.shape[0], 1, *psi.shape)
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        from diffrecon.algorithms.projections import support_projection
+
+        super().constrain()
+        self.object.copy_(support_projection(self.object, self.support, self.constraint))
+
+    def comparable(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def truth_mask(self) -> np.ndarray | None:
+        return None
+
+    @torch.no_grad()
+    def predicted_pattern(self) -> np.ndarray:
+        """Predicted counts, DC-centred, (H, W) or (D, H, W)."""
+        index = torch.zeros(1, dtype=torch.long, device=self.object.device)
+        return self.propagator.from_native(self(index)[0]).cpu().numpy()
+
+    def results(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "object": torch.where(self.support, self.object, 0.0).detach().cpu().numpy(),
+            "support": self.support.cpu().numpy(),
+            "pattern_predicted": self.predicted_pattern(),
+            "pixel_size_m": np.asarray(self.pixel_size_m),
+        }
+        if self.measured is not None:
+            out["pattern"] = self.measured
+        if self.reference is not None:
+            out["reference"] = self.reference.detach().cpu().numpy()
+        return out
