@@ -18,7 +18,7 @@ import torch
 from diffrecon import config as cfg
 from diffrecon.algorithms.base import Algorithm
 from diffrecon.algorithms.recipe import make_algorithm
-from diffrecon.data import cxi
+from diffrecon.data import arrays, cxi
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
 from diffrecon.data.results import write_results
@@ -66,7 +66,10 @@ class Result:
 
 
 def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
-    """Read a data file (CXI or the plain HDF5 layout; see README)."""
+    """Read a data file: CXI or the plain HDF5 layout, or a bare NPY/NPZ/TIFF intensity
+    (a CDI pattern or volume; see README)."""
+    if arrays.is_array_file(path):
+        return arrays.load_array(path)
     return cxi.load(path, lazy=lazy)
 
 

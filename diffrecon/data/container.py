@@ -84,10 +84,18 @@ class DiffractionData:
         return xray_energy_ev(self.wavelength_m)
 
     def valid_mask(self) -> np.ndarray:
-        """The detector mask, shape (H, W) bool, all True when the file has none."""
+        """The detector mask, shape (H, W) bool (or (N, H, W) for a 3D volume's own mask),
+        all True when the file has none."""
         if self.valid is None:
             return np.ones(self.frame_shape, dtype=bool)
         return np.asarray(self.valid, dtype=bool)
+
+    def frames_valid(self, start: int, stop: int) -> np.ndarray:
+        """The mask of patterns ``start:stop``, shape (stop - start, H, W) bool."""
+        valid = self.valid_mask()
+        if valid.ndim == 3:
+            return valid[start:stop]
+        return np.broadcast_to(valid, (min(stop, self.num_patterns) - start, *valid.shape))
 
     def validate(self, *, needs_positions: bool = True, square: bool = True) -> None:
         """Check shapes and values; raise DataFormatError naming the file and key."""
@@ -121,21 +129,23 @@ class DiffractionData:
         ):
             if not (np.isfinite(value) and value > 0):
                 raise DataFormatError(src, key, "a positive number", f"{value}")
-        if self.valid is not None and tuple(np.shape(self.valid)) != (h, w):
+        # a mask per voxel only for a 3D volume (CDI): per-pattern masks are not supported
+        shapes = [(h, w)] if needs_positions else [(h, w), (n, h, w)]
+        if self.valid is not None and tuple(np.shape(self.valid)) not in shapes:
             raise DataFormatError(
-                src, "entry_1/instrument_1/detector_1/mask", f"shape {(h, w)}",
+                src, "entry_1/instrument_1/detector_1/mask", " or ".join(map(str, shapes)),
                 f"shape {np.shape(self.valid)}",
             )
         self._check_counts()
 
     def _check_counts(self, chunk: int = 256) -> None:
         """Reject negative, NaN or Inf counts on valid pixels, reading lazily in chunks."""
-        valid = self.valid_mask()
         for start in range(0, self.num_patterns, chunk):
             block = np.asarray(self.patterns[start : start + chunk], dtype=np.float64)
-            good = block[:, valid]
+            valid = self.frames_valid(start, start + chunk)
+            good = np.where(valid, block, 0.0)
             if not np.all(np.isfinite(good)):
-                bad = start + int(np.argwhere(~np.isfinite(block[:, valid]))[0, 0])
+                bad = start + int(np.argwhere(~np.isfinite(good))[0, 0])
                 raise DataFormatError(
                     self.source, "entry_1/data_1/data", "finite counts",
                     f"NaN or Inf in pattern {bad} (mask such pixels instead)",

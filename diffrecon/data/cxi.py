@@ -346,9 +346,10 @@ def save(data: DiffractionData, path: str | os.PathLike[str], *, chunk: int = 25
 
 def _count_stats(data: DiffractionData, chunk: int = 256) -> tuple[float, float]:
     """Mean total counts per pattern and maximum pixel count, over trusted pixels."""
-    valid, total, peak = data.valid_mask(), 0.0, 0.0
+    total, peak = 0.0, 0.0
     for start in range(0, data.num_patterns, chunk):
-        block = np.asarray(data.patterns[start : start + chunk], dtype=np.float64)[:, valid]
+        block = np.asarray(data.patterns[start : start + chunk], dtype=np.float64)
+        block = block[data.frames_valid(start, start + chunk)]
         if block.size:
             total += float(np.nansum(block))
             peak = max(peak, float(np.nanmax(block)))

@@ -35,6 +35,8 @@ def _weights(mask: ArrayLike | None, like: Tensor) -> Tensor:
     """float64 weights of ``like``'s shape: ones, or ``mask`` (bool or float) broadcast."""
     if mask is None:
         return torch.ones(like.shape, dtype=torch.float64, device=like.device)
+    if isinstance(mask, np.ndarray):
+        mask = np.array(mask, dtype=np.float64)  # a writable copy (memory-mapped masks are not)
     return torch.as_tensor(mask, device=like.device).to(torch.float64).expand(like.shape)
 
 

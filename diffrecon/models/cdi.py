@@ -24,10 +24,14 @@ from torch import nn
 
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData
-from diffrecon.errors import DataFormatError
+from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 from diffrecon.models.measurement import Measurement
-from diffrecon.physics.filters import autocorrelation_support, gaussian_blur
+from diffrecon.physics.filters import (
+    autocorrelation_support,
+    cross_term_support,
+    gaussian_blur,
+)
 from diffrecon.physics.optics import farfield_pixel_size_m
 from diffrecon.physics.propagators import FarField
 
@@ -40,10 +44,11 @@ class CDIConfig:
         0.04, "initial support: autocorrelation threshold, fraction of its maximum"
     )
     support_margin_px: float = doc(1.0, "initial support: grown by about this many pixels")
-    support_from: Literal["auto", "autocorrelation", "illumination"] = doc(
-        "auto", "initial support: from the pattern's autocorrelation, or the footprint of the "
-        "known illumination (|I| above half its maximum; Fresnel CDI); auto: the footprint "
-        "when the data carry an illumination, else the autocorrelation")
+    support_from: Literal["auto", "autocorrelation", "illumination", "cross_term"] = doc(
+        "auto", "initial support: from the pattern's autocorrelation; the footprint of the "
+        "known illumination (|I| above half its maximum; Fresnel CDI); or the object-reference "
+        "cross-correlation lobes (holographic CDI); auto: the footprint when the data carry an "
+        "illumination, the cross term with a reference file, else the autocorrelation")
     constraint: Literal["none", "real", "positive"] = doc(
         "none", "pointwise object constraint inside the support"
     )
@@ -76,6 +81,19 @@ def measured_intensity(data: DiffractionData) -> tuple[Tensor, Tensor]:
     intensity = patterns if patterns.shape[0] > 1 else patterns[0]
     valid = torch.as_tensor(np.broadcast_to(data.valid_mask(), intensity.shape).copy())
     return torch.where(valid, intensity.nan_to_num(0.0), 0.0), valid
+
+
+def load_reference(path: str, shape: tuple[int, ...]) -> Tensor:
+    """The known holographic reference from an .npy file: complex, the data's array shape."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.reference_file '{path}': cannot read an .npy array "
+                          f"({error})") from None
+    if tuple(array.shape) != shape:
+        raise ConfigError(f"model.reference_file '{path}': expected an array of the data's "
+                          f"shape {shape}, found {tuple(array.shape)}")
+    return torch.as_tensor(array, dtype=torch.complex64)
 
 
 @models.register("cdi")
@@ -124,9 +142,17 @@ class CDI(ForwardModel):
         if data.probe_guess is not None:
             guess = np.asarray(data.probe_guess).reshape(intensity.shape)
             illumination = torch.as_tensor(guess, dtype=torch.complex64)
-        footprint = config.support_from == "illumination" or (
-            config.support_from == "auto" and illumination is not None)
-        if footprint:
+        source = config.support_from
+        if source == "auto":
+            source = ("illumination" if illumination is not None else
+                      "cross_term" if config.reference_file is not None else "autocorrelation")
+        if config.reference_file is not None:
+            reference = load_reference(config.reference_file, tuple(intensity.shape))
+        if source == "cross_term":
+            if reference is None:
+                raise ConfigError("model.support_from='cross_term' needs model.reference_file")
+            support = cross_term_support(intensity, reference, 0.1)
+        elif source == "illumination":
             if illumination is None:
                 raise DataFormatError(data.source, "entry_1/instrument_1/source_1/illumination",
                                       "the known illumination (model.support_from="
@@ -136,8 +162,7 @@ class CDI(ForwardModel):
         else:
             support = initial_support(intensity, valid, config.support_threshold,
                                       config.support_margin_px)
-        if config.reference_file is not None:
-            reference = torch.as_tensor(np.load(config.reference_file), dtype=torch.complex64)
+        if reference is not None:
             support &= reference == 0
         if config.transmission_offset:
             offset = torch.full(intensity.shape, config.transmission_offset, dtype=torch.complex64)

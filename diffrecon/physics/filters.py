@@ -109,3 +109,34 @@ def autocorrelation_support(
         intensity = intensity * (1 - lowpass.to(intensity.device))
     blurred = gaussian_blur(autocorrelation(intensity, ndim), sigma_px, ndim)
     return halve_support(fill_holes(blurred > threshold * blurred.max()))
+
+
+def cross_term_support(intensity: Tensor, reference: Tensor, threshold: float = 0.1,
+                       sigma_px: float = 1.0) -> Tensor:
+    """Object support (bool, same shape) of holographic CDI from the cross-correlation terms.
+
+    With a compact known reference R at offset d from the array centre, the autocorrelation
+    |IFFT(I)| holds the object correlated with R at lags +d and -d (the object and its twin).
+    Each lobe (a disc of radius 0.6 |d| about it) is moved back by -/+d, blurred by
+    ``sigma_px`` and thresholded at ``threshold`` of its maximum; the support is their union
+    with holes filled (loose: the twin is excluded by the known reference, not the support).
+
+    Args:
+        intensity: DC-centred intensity (H, W) or (D, H, W), masked pixels zero.
+        reference: complex reference, same shape, zero away from the reference.
+    """
+    ndim = intensity.dim()
+    correlation = autocorrelation(intensity, ndim)
+    weight = reference.abs()
+    grids = torch.meshgrid(*[torch.arange(n, device=intensity.device, dtype=torch.float32)
+                             - n // 2 for n in intensity.shape], indexing="ij")
+    offset = [float((weight * g).sum() / weight.sum().clamp(min=1e-30)) for g in grids]
+    radius2 = (0.6 * math.hypot(*offset)) ** 2
+    support = torch.zeros_like(intensity, dtype=torch.bool)
+    for sign in (1, -1):
+        lobe = sum((g - sign * o) ** 2 for g, o in zip(grids, offset, strict=True)) <= radius2
+        moved = torch.roll(torch.where(lobe, correlation, 0.0),
+                           [-round(sign * o) for o in offset], tuple(range(ndim)))
+        blurred = gaussian_blur(moved, sigma_px, ndim)
+        support |= blurred > threshold * blurred.max()
+    return fill_holes(support)
