@@ -18,7 +18,10 @@ import torch
 from diffrecon import config as cfg
 from diffrecon.algorithms.base import Algorithm
 from diffrecon.algorithms.recipe import make_algorithm
-from diffrecon.data import cxi
+from diffrecon.data import (
+    cxi,
+    simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
+)
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
 from diffrecon.data.results import write_results
