@@ -245,6 +245,23 @@ def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str
     return data
 
 
+def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | None = None, *,
+                  out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> DiffractionData:
+    """Read a 4D-STEM file (.npy, HDF5, EMPAD .raw) with a calibration (TOML path or dict of
+    ``data.stem.STEMCalibration`` keys, plus ``key=value`` overrides); write CXI if ``out``."""
+    from diffrecon.data.stem import STEMCalibration, load_4dstem
+
+    values = (cfg.load_toml(calibration) if isinstance(calibration, (str, Path))
+              else dict(calibration or {}))
+    cfg.apply_overrides(values, list(overrides))
+    data = load_4dstem(path, cfg.from_dict(STEMCalibration, values))
+    if out is not None:
+        cxi.save(data, out)
+        data.source = str(out)
+    return data
+
+
 def default_config(modality: str) -> str:
     """The default run configuration of ``modality`` as commented TOML."""
     if modality not in models:

@@ -48,7 +48,8 @@ class STEMSimulation:
 def layer_phases(config: STEMSimulation, shape: tuple[int, int],
                  pixel: tuple[float, float], origin: tuple[float, float]) -> np.ndarray:
     """Phase sigma v_z (S, H, W) in radians of each layer on the object grid."""
-    extent = (shape[0] * pixel[0] + 4e-10, shape[1] * pixel[1] + 4e-10)
+    # keep atoms ~1 A off the edges: the periodic potential grid would wrap them around
+    extent = (shape[0] * pixel[0] - 2e-10, shape[1] * pixel[1] - 2e-10)
     centre = (origin[0] + shape[0] * pixel[0] / 2, origin[1] + shape[1] * pixel[1] / 2)
     rotations = [0.0] if config.structure == "mos2" else [0.0, config.twist_deg]
     sigma = interaction_constant(config.voltage_v)
