@@ -18,7 +18,11 @@ import torch
 from diffrecon import config as cfg
 from diffrecon.algorithms.base import Algorithm
 from diffrecon.algorithms.recipe import make_algorithm
-from diffrecon.data import arrays, cxi
+from diffrecon.data import (
+    arrays,
+    cxi,
+    simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
+)
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
 from diffrecon.data.results import write_results
@@ -239,6 +243,23 @@ def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str
     simulator = simulators.get(name)
     settings = cfg.from_dict(simulator.Config, values)
     data = simulator(settings)
+    if out is not None:
+        cxi.save(data, out)
+        data.source = str(out)
+    return data
+
+
+def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | None = None, *,
+                  out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> DiffractionData:
+    """Read a 4D-STEM file (.npy, HDF5, EMPAD .raw) with a calibration (TOML path or dict of
+    ``data.stem.STEMCalibration`` keys, plus ``key=value`` overrides); write CXI if ``out``."""
+    from diffrecon.data.stem import STEMCalibration, load_4dstem
+
+    values = (cfg.load_toml(calibration) if isinstance(calibration, (str, Path))
+              else dict(calibration or {}))
+    cfg.apply_overrides(values, list(overrides))
+    data = load_4dstem(path, cfg.from_dict(STEMCalibration, values))
     if out is not None:
         cxi.save(data, out)
         data.source = str(out)

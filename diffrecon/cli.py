@@ -41,6 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output .cxi file")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
 
+    stem = sub.add_parser(
+        "import-stem", parents=[common], help="convert 4D-STEM data (.npy, HDF5, EMPAD .raw) to CXI"
+    )
+    stem.add_argument("data", help="4D-STEM file (scan_y, scan_x, ky, kx)")
+    stem.add_argument("--calibration", default=None, help="TOML of STEMCalibration keys")
+    stem.add_argument("--out", required=True, help="output .cxi file")
+    stem.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V",
+        help="calibration key, e.g. --set voltage_v=80e3 --set 'scan_shape=[64, 64]'",
+    )
+
     rec = sub.add_parser("reconstruct", parents=[common], help="reconstruct a data file")
     rec.add_argument("data", help="CXI or HDF5 data file")
     rec.add_argument("--modality", default=None, help="registered modality (default: ptycho)")
@@ -96,6 +107,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "simulate":
         data = api.simulate(
             args.config, modality=args.modality, out=args.out, overrides=args.overrides
+        )
+        print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
+    elif args.command == "import-stem":
+        data = api.import_4dstem(
+            args.data, args.calibration, out=args.out, overrides=args.overrides
         )
         print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
     elif args.command == "demo":

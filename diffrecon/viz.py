@@ -25,6 +25,8 @@ Panel = Callable[[Axes], None]
 ILLUMINATION_THRESHOLD = 0.01
 #: At most this many probe modes get a panel.
 MAX_PROBE_MODES = 4
+#: At most this many object slices get a phase panel.
+MAX_SLICES = 8
 COLUMNS = 4
 
 
@@ -126,7 +128,35 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
         )
     if "positions_px" in results:
         panels.append(lambda ax: _scan(ax, results, np.abs(obj[0]), mask))
+    if obj.shape[0] > 1:  # multislice: the phase of every slice (at most 8), on one scale
+        phases = np.angle(obj)[(slice(None), *box)]
+        limits = _limits(phases, None if inside is None else np.broadcast_to(inside, phases.shape))
+        panels += [(lambda ax, s=s: _slice(ax, phases[s], f"slice {s} phase (rad)", limits))
+                   for s in range(min(obj.shape[0], MAX_SLICES))]
     return panels
+
+
+def _slice(ax: Axes, image: np.ndarray, title: str, limits: dict[str, float]) -> None:
+    shown = ax.imshow(image, cmap="twilight", **limits)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _aberration_panel(results: Mapping[str, Any]) -> Panel:
+    """Fitted probe aberrations (``<name>_m`` scalars) as a text table, nm / um."""
+    rows = [(name[:-2], float(value)) for name, value in results.items()
+            if name.startswith("C") and name.endswith("_m") and np.ndim(value) == 0]
+
+    def draw(ax: Axes) -> None:
+        ax.axis("off")
+        ax.set_title("probe aberrations", fontsize=9)
+        text = "\n".join(f"{name:>5} = {value * 1e9:10.3f} nm" for name, value in rows)
+        ax.text(0.05, 0.95, text, family="monospace", fontsize=8, va="top",
+                transform=ax.transAxes)
+
+    return draw
 
 
 def _scan(
@@ -233,6 +263,8 @@ def save_report(
             summed over slices when S > 1. ``illumination`` real (H, W): object panels are cropped
             to pixels lit above 1% of its max, and colour limits come from those pixels only.
             ``probe`` complex (M, h, w): up to 4 mode panels titled with their power share (%).
+            Multislice: one phase panel per slice (at most 8, shared colour scale) and, with
+            ``C<nm>_m`` scalars (Krivanek coefficients, metres), a table of aberrations.
             ``positions_px`` (N, 2) (y, x) in object pixels (probe-window corners when ``probe``
             is present): scatter over the object amplitude, with ``positions_initial_px`` and
             displacement lines if present. ``support`` (H, W), ``pattern`` (H, W) counts
@@ -246,6 +278,8 @@ def save_report(
         panels += _object_panels(results)
     if "probe" in results:
         panels += _probe_panels(results)
+    if any(name.startswith("C") and name.endswith("_m") for name in results):
+        panels.append(_aberration_panel(results))
     if "support" in results:
         support = np.asarray(results["support"], dtype=np.float64)
         panels.append(lambda ax: _image(ax, support, "support", colorbar=False))

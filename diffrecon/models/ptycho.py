@@ -56,7 +56,7 @@ class PtychoConfig:
     )
 
 
-def _geometry(
+def detector_geometry(
     data: DiffractionData, config: PtychoConfig
 ) -> tuple[Propagator, tuple[float, float]]:
     """The propagator and the sample-plane pixel size (y, x) in metres for this geometry."""
@@ -75,6 +75,34 @@ def _geometry(
         pixel = (scaled[0][0], scaled[1][0])
         distance = scaled[0][1]
     return AngularSpectrum((h, w), pixel, data.wavelength_m, distance), pixel
+
+
+def scan_grid(
+    data: DiffractionData, pixel_size_m: tuple[float, float], padding_px: int
+) -> tuple[np.ndarray, tuple[int, int], tuple[float, float]]:
+    """Probe-window corners (N, 2) in object pixels, the object shape (H, W) and its origin.
+
+    The origin is the sample position (y, x) in metres of object pixel [0, 0]; the object
+    leaves ``padding_px`` pixels around the scanned region.
+    """
+    positions_m = np.asarray(data.positions_m, dtype=np.float64)
+    centre_px = positions_m / np.asarray(pixel_size_m)
+    corner = centre_px - np.array(data.frame_shape) // 2
+    # integer offset: object grids of different scans of one sample stay commensurate
+    offset = np.floor(corner.min(axis=0)) - padding_px
+    corner -= offset
+    shape = np.ceil(corner.max(axis=0)).astype(int) + np.array(data.frame_shape)
+    shape += padding_px + 1
+    origin = offset * np.asarray(pixel_size_m)
+    return corner, (int(shape[0]), int(shape[1])), (float(origin[0]), float(origin[1]))
+
+
+def file_probe(data: DiffractionData) -> Tensor | None:
+    """The data file's probe guess as modes (M, H, W) complex64, or None."""
+    if data.probe_guess is None:
+        return None
+    guess = torch.as_tensor(np.asarray(data.probe_guess), dtype=torch.complex64)
+    return guess.reshape(-1, *data.frame_shape)
 
 
 def mean_pattern(data: DiffractionData, chunk: int = 256) -> Tensor:
@@ -166,29 +194,18 @@ class Ptycho(ForwardModel):
         cls, data: DiffractionData, config: PtychoConfig, *,
         generator: torch.Generator | None = None, device: torch.device | str = "cpu",
     ) -> Ptycho:
-        propagator, pixel = _geometry(data, config)
-        if data.probe_guess is not None:
-            guess = torch.as_tensor(np.asarray(data.probe_guess), dtype=torch.complex64)
-            probe = guess.reshape(-1, *data.frame_shape)
-        else:
+        propagator, pixel = detector_geometry(data, config)
+        probe = file_probe(data)
+        if probe is None:
             probe = curved_probe(mean_pattern(data), propagator, 0.0)
         probe = add_modes(probe, config.probe_modes, generator)
         if isinstance(propagator, FarField) and data.probe_guess is not None:
             check_farfield_sampling(probe)
-        positions_m = np.asarray(data.positions_m, dtype=np.float64)
-        centre_px = positions_m / np.asarray(pixel)
-        half = np.array(data.frame_shape) // 2
-        corner = centre_px - half
-        # integer offset: object grids of different scans of one sample stay commensurate
-        offset = np.floor(corner.min(axis=0)) - config.padding_px
-        corner -= offset
-        shape = np.ceil(corner.max(axis=0)).astype(int) + np.array(data.frame_shape)
-        shape += config.padding_px + 1
-        origin = tuple(float(v) for v in offset * np.asarray(pixel))
-        obj = torch.ones((1, *shape.tolist()), dtype=torch.complex64)
+        corner, shape, origin = scan_grid(data, pixel, config.padding_px)
+        obj = torch.ones((1, *shape), dtype=torch.complex64)
         model = cls(
             obj, probe, torch.as_tensor(corner, dtype=torch.float32), propagator,
-            (float(pixel[0]), float(pixel[1])), (origin[0], origin[1]), config,
+            (float(pixel[0]), float(pixel[1])), origin, config,
         )
         return model.to(device)
 

@@ -41,6 +41,34 @@ def electron_wavelength_m(voltage_v: float) -> float:
     return PLANCK_J_S / momentum
 
 
+def electron_voltage_v(wavelength_m: float) -> float:
+    """Accelerating voltage in volts of electrons of relativistic wavelength ``wavelength_m``.
+
+    Inverse of ``electron_wavelength_m``: e V = m c^2 (sqrt(1 + (p / m c)^2) - 1), p = h / lambda.
+    """
+    if wavelength_m <= 0:
+        raise ValueError(f"wavelength must be positive, got {wavelength_m} m")
+    momentum = PLANCK_J_S / wavelength_m
+    mc = ELECTRON_MASS_KG * SPEED_OF_LIGHT
+    kinetic = mc * SPEED_OF_LIGHT * (math.sqrt(1 + (momentum / mc) ** 2) - 1)
+    return kinetic / ELEMENTARY_CHARGE_C
+
+
+def interaction_constant(voltage_v: float) -> float:
+    """Electron interaction constant sigma in rad / (V m), relativistic.
+
+    sigma = 2 pi m e lambda / h^2 with the relativistic mass m = m0 (1 + e V / m0 c^2),
+    equivalently (2 pi / (lambda V)) (m0 c^2 + e V) / (2 m0 c^2 + e V) (Kirkland, Advanced
+    Computing in Electron Microscopy, Eq. 5.6). A projected potential v_z in V m gives the
+    phase sigma v_z in radians; 300 kV: 6.53e6 rad/(V m) (6.53e-4 rad/(V A)).
+    """
+    wavelength = electron_wavelength_m(voltage_v)
+    rest_ev = ELECTRON_MASS_KG * SPEED_OF_LIGHT**2 / ELEMENTARY_CHARGE_C
+    return 2 * math.pi / (wavelength * voltage_v) * (rest_ev + voltage_v) / (
+        2 * rest_ev + voltage_v
+    )
+
+
 def farfield_pixel_size_m(
     wavelength_m: float, distance_m: float, frame_px: int, detector_pixel_m: float
 ) -> float:
