@@ -30,6 +30,7 @@ from diffrecon.data.simulate import simulators
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, models
 from diffrecon.recon import callbacks as cb
+from diffrecon.recon import distributed
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
 from diffrecon.recon.initialize import select_initial_guess
@@ -59,7 +60,9 @@ class Result:
         history: per-epoch scalars: ``loss/total``, ``loss/<term>``, ``lr/<param>``,
             ``metric/<name>`` (with ground truth).
         metrics: final errors against ground truth, if the data carried any.
-        out: the run folder, if one was written.
+        out: the run folder, if one was written (in a distributed run only rank 0 writes).
+        rank: this process's rank in a distributed run (0 otherwise); all ranks hold the same
+            model and results.
     """
 
     model: ForwardModel
@@ -67,6 +70,7 @@ class Result:
     history: dict[str, list[float]]
     metrics: dict[str, float]
     out: Path | None
+    rank: int = 0
 
 
 def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
@@ -93,12 +97,14 @@ def _as_config(config: RunConfig | str | Path | dict[str, Any] | None, modality:
 
 
 def _run_factory(model: ForwardModel, batches: PatternBatches, objective: Objective,
-                 algorithm: Algorithm, run_config: RunConfig) -> Any:
+                 algorithm: Algorithm, run_config: RunConfig,
+                 comm: distributed.Communicator) -> Any:
     specs = algorithm.adjust_specs(run_config.param_specs(model.param_specs()))
 
     def make(target: ForwardModel) -> Reconstructor:
         plan = ParameterPlan(target.named_fields(), specs)
-        return Reconstructor(target, batches, objective, algorithm, plan, run_config.recon)
+        return Reconstructor(target, batches, objective, algorithm, plan, run_config.recon,
+                             comm=comm)
 
     return make
 
@@ -121,6 +127,10 @@ def reconstruct(
             ``overrides`` on top (e.g. more epochs).
         overrides: ``section.key=value`` strings, as ``--set`` on the command line.
         lazy: read patterns from the file batch by batch (data larger than memory).
+
+    Launched by torchrun (``recon.distributed``, default "auto"), every process runs this
+    call on its share of each minibatch and returns the same result; only rank 0 writes
+    ``out``. See README, "Scaling out: torchrun".
     """
     state = None
     if resume is not None:
@@ -135,23 +145,30 @@ def reconstruct(
         data = load(data, lazy=True)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
-    if state is None and run_config.recon.starts > 1:
-        best, results, metrics = multistart(
-            data, run_config, lambda start: _reconstruct_once(data, start, None, None, lazy))
-        out_dir = Path(out) if out is not None else None
-        if out_dir is not None:
-            _write_run_folder(out_dir, run_config, results, best.history, metrics)
-        return Result(best.model, results, best.history, metrics, out_dir)
-    return _reconstruct_once(data, run_config, state, out, lazy)
+    with distributed.session(run_config.recon.distributed, run_config.recon.device) as comm:
+        if comm.world_size > 1 and run_config.recon.starts > 1:
+            raise ConfigError("recon.starts > 1 does not run distributed (torchrun); "
+                              "use recon.starts=1 or recon.distributed=off")
+        if state is None and run_config.recon.starts > 1:
+            best, results, metrics = multistart(
+                data, run_config,
+                lambda start: _reconstruct_once(data, start, None, None, lazy, comm))
+            out_dir = Path(out) if out is not None else None
+            if out_dir is not None:
+                _write_run_folder(out_dir, run_config, results, best.history, metrics)
+            return Result(best.model, results, best.history, metrics, out_dir)
+        return _reconstruct_once(data, run_config, state, out, lazy, comm)
 
 
 def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
-                      out: str | Path | None, lazy: bool) -> Result:
+                      out: str | Path | None, lazy: bool,
+                      comm: distributed.Communicator) -> Result:
     """One reconstruction of validated ``data`` (from ``state`` when resuming)."""
     model_cls = models.get(run_config.modality)
-    device = torch.device(run_config.recon.device)
+    device = comm.device
     generator = torch.Generator().manual_seed(run_config.recon.seed)
     model = model_cls.from_data(data, run_config.model, generator=generator, device=device)
+    comm.broadcast_module(model)  # all ranks start equal whatever their random state
     objective = Objective(run_config.loss, data.num_patterns)
     batches = PatternBatches(data, model.propagator, device, lazy=lazy,
                              prepare=objective.likelihood.prepare)
@@ -161,19 +178,25 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     if epochs != run_config.recon.epochs:  # a recipe's counts set the run length
         run_config = dataclasses.replace(
             run_config, recon=dataclasses.replace(run_config.recon, epochs=epochs))
-    make_run = _run_factory(model, batches, objective, algorithm, run_config)
+    if comm.world_size > 1 and not algorithm.shardable:
+        raise ConfigError(f"algorithm.name '{run_config.algorithm.name}' does not run "
+                          "distributed (torchrun); data-parallel runs support gradient, epie "
+                          "and rpie")
+    make_run = _run_factory(model, batches, objective, algorithm, run_config, comm)
     if state is None:
         candidates = model.initial_guesses(data)
         if len(candidates) > 1:
             select_initial_guess(model, candidates, make_run)
     run = make_run(model)
-    out_dir = Path(out) if out is not None else None
+    out_dir = Path(out) if out is not None and comm.is_main else None
     logger = _logger(run_config, out_dir)
     evaluate = (truth_evaluator(data.truth, data.positions_m)
                 if data.truth is not None and run_config.log.metrics else None)
-    run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, evaluate)
+    run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, evaluate,
+                                                   comm.is_main)
     if state is not None:
         cb.resume(run, state)
+        comm.broadcast_module(model)
     try:
         history = run.run()
     finally:
@@ -182,7 +205,7 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     metrics = evaluate(model) if evaluate is not None else {}
     if out_dir is not None:
         _write_run_folder(out_dir, run_config, results, history, metrics)
-    return Result(model, results, history, metrics, out_dir)
+    return Result(model, results, history, metrics, out_dir, comm.rank)
 
 
 def _logger(run_config: RunConfig, out: Path | None) -> Any:
@@ -194,11 +217,11 @@ def _logger(run_config: RunConfig, out: Path | None) -> Any:
 
 
 def _callbacks(run_config: RunConfig, out: Path | None, logger: Any,
-               evaluate: Any) -> list[Any]:
+               evaluate: Any, main: bool = True) -> list[Any]:
     callbacks: list[Any] = []
     if evaluate is not None:
         callbacks.append(cb.Metrics(evaluate, run_config.log.metric_every))
-    callbacks.append(cb.ProgressBar(run_config.log.progress))
+    callbacks.append(cb.ProgressBar(run_config.log.progress and main))
     hparams = {
         "modality": run_config.modality, "algorithm": run_config.algorithm.name,
         "likelihood": run_config.loss.likelihood, "epochs": run_config.recon.epochs,

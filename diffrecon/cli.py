@@ -142,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
             overrides=overrides,
             lazy=args.lazy,
         )
-        print(_summary(result, time.perf_counter() - start))
+        if result.rank == 0:  # torchrun: one summary, from the rank that wrote the run folder
+            print(_summary(result, time.perf_counter() - start))
     return 0
 
 

@@ -9,6 +9,7 @@ import torch
 
 from diffrecon.config import doc
 from diffrecon.models.base import ForwardModel, ParamSpec
+from diffrecon.recon.distributed import Communicator, SingleProcess
 from diffrecon.registry import Registry
 
 Tensor = torch.Tensor
@@ -33,15 +34,24 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass
 class Batch:
-    """One minibatch: pattern indices (B,), measured counts (B, H, W) native, valid (H, W)."""
+    """One minibatch: pattern indices (B,), measured counts (B, H, W) native, valid (H, W).
+
+    In a distributed run ``index`` is this process's share of the minibatch and ``comm`` sums
+    per-share contributions over the processes (see :mod:`diffrecon.recon.distributed`).
+    """
 
     index: Tensor
     measured: Tensor
     valid: Tensor
+    comm: Communicator = dataclasses.field(default_factory=SingleProcess)
 
 
 class Algorithm:
     """Base class: ``step`` updates ``model`` from ``batch`` and returns the loss terms."""
+
+    #: whether ``step`` sums every per-pattern contribution through ``batch.comm``, so that a
+    #: minibatch may be split over processes (data-parallel runs)
+    shardable: bool = False
 
     def __init__(self, config: AlgorithmConfig) -> None:
         self.config = config

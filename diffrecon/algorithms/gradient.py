@@ -14,7 +14,14 @@ Tensor = torch.Tensor
 
 @algorithms.register("gradient")
 class GradientStep(Algorithm):
-    """Minimise the objective with each parameter's own optimiser (Adam by default)."""
+    """Minimise the objective with each parameter's own optimiser (Adam by default).
+
+    Distributed: each process back-propagates its share of the batch and preconditions its own
+    per-pattern rows (batch-wide statistics summed over processes); the gradients are then
+    summed over processes, so every process takes the same step.
+    """
+
+    shardable = True
 
     @torch.no_grad()
     def precondition(self, model: ForwardModel, batch: Batch, active: list[str]) -> None:
@@ -27,12 +34,11 @@ class GradientStep(Algorithm):
         curvatures = model.curvatures(batch.index, active)
         fields = model.named_fields()
         for name, curvature in curvatures.items():
-            grad = fields[name].grad
-            if grad is None:
-                continue
             # Levenberg-Marquardt damping keeps weakly constrained rows from jumping on noise
-            damping = 0.1 * curvature.mean().clamp(min=1e-30)
-            grad[batch.index] /= curvature + damping
+            damping = 0.1 * batch.comm.mean(curvature).clamp(min=1e-30)
+            grad = fields[name].grad
+            if grad is not None:
+                grad[batch.index] /= curvature + damping
 
     def step(self, model: ForwardModel, batch: Batch, objective: Any, plan: Any,
              active: list[str], state: dict[str, Tensor]) -> dict[str, float]:
@@ -40,6 +46,8 @@ class GradientStep(Algorithm):
         total, terms = objective(model, batch)
         total.backward()
         self.precondition(model, batch, active)
+        fields = model.named_fields()
+        batch.comm.reduce_grads([fields[name] for name in active])
         plan.step(active)
         model.constrain()
         return terms

@@ -42,7 +42,7 @@ class _PIE(GradientStep):
         targets = [name for name in PIE_FIELDS if name in active]
         if not targets:
             return
-        partners = model.partner_intensities(batch.index)
+        partners = batch.comm.sum(model.partner_intensities(batch.index))
         fields = model.named_fields()
         alpha = self.default_alpha if self.config.alpha is None else self.config.alpha
         alphas = {"object": alpha, "probe": self.config.beta}

@@ -50,6 +50,7 @@ class Recipe(Algorithm):
         super().__init__(config)
         self.stages = [(algorithms.get(label)(config), count) for label, count in stages]
         self.labels = [label for label, _ in stages]
+        self.shardable = all(algorithm.shardable for algorithm, _ in self.stages)
 
     @property
     def epochs(self) -> int:

@@ -18,6 +18,7 @@ from diffrecon.config import doc
 from diffrecon.data.dataset import PatternBatches, compact_batches, random_batches
 from diffrecon.errors import DivergenceError
 from diffrecon.models.base import ForwardModel
+from diffrecon.recon.distributed import Communicator, SingleProcess
 from diffrecon.recon.objective import Objective
 from diffrecon.recon.optim import ParameterPlan
 
@@ -39,6 +40,9 @@ class ReconConfig:
     )
     starts: int = doc(1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor")
     average_best: int = doc(5, "with starts > 1: align and average this many of the best")
+    distributed: Literal["auto", "on", "off"] = doc(
+        "auto", "data-parallel over processes: auto (when launched by torchrun), on, off"
+    )
 
 
 class Callback(Protocol):
@@ -58,6 +62,10 @@ class Reconstructor:
     It owns the schedule (which parameters are active when), the batch order, NaN/Inf
     detection with rollback to the last good epoch, and the callbacks (progress, TensorBoard,
     checkpoints, metrics). ``history`` maps a scalar name to its per-epoch values.
+
+    With a ``comm`` of several processes, every process runs the same minibatch sequence on
+    its share of each minibatch; loss terms are summed over processes (see
+    :mod:`diffrecon.recon.distributed`).
     """
 
     def __init__(
@@ -69,8 +77,10 @@ class Reconstructor:
         plan: ParameterPlan,
         config: ReconConfig,
         callbacks: list[Callback] | None = None,
+        comm: Communicator | None = None,
     ) -> None:
         self.model, self.batches, self.objective = model, batches, objective
+        self.comm = comm if comm is not None else SingleProcess(batches.device)
         self.algorithm, self.plan, self.config = algorithm, plan, config
         self.callbacks = list(callbacks or [])
         self.batch_size = config.batch_size or default_batch_size(len(batches))
@@ -101,11 +111,13 @@ class Reconstructor:
             parameter.requires_grad_(name in active)
         totals: dict[str, float] = defaultdict(float)
         device = self.batches.device
-        for index in self._epoch_batches(epoch):
-            batch = Batch(index.to(device), self.batches(index), self.batches.valid)
+        for group in self._epoch_batches(epoch):
+            index = self.comm.shard(group)
+            batch = Batch(index.to(device), self.batches(index), self.batches.valid, self.comm)
             terms = self.algorithm.step(
                 self.model, batch, self.objective, self.plan, active, self.state
             )
+            terms = self.comm.reduce_scalars(terms)
             for name, value in terms.items():
                 totals[name] += value
         with torch.no_grad():
