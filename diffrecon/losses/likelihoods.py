@@ -48,6 +48,27 @@ def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
     return torch.where(valid, values, 0.0).sum()
 
 
+class _NLL(torch.autograd.Function):
+    """Masked sum of a likelihood's elementwise terms, with the closed-form backward
+    ``derivative`` (one fused expression instead of autograd through each elementwise op)."""
+
+    @staticmethod
+    def forward(ctx, predicted: Tensor, measured: Tensor, valid: Tensor | None,
+                likelihood: Likelihood) -> Tensor:
+        if not ctx.needs_input_grad[0]:
+            return _masked_sum(likelihood.elementwise(predicted, measured), valid)
+        values, slope = likelihood.elementwise_and_derivative(predicted, measured)
+        if valid is not None:
+            slope = torch.where(valid, slope, 0.0)
+        ctx.save_for_backward(slope)
+        return _masked_sum(values, valid)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None, None
+
+
 class Likelihood:
     """Base class: subclasses implement ``elementwise`` and ``sample``."""
 
@@ -62,12 +83,22 @@ class Likelihood:
     def nll(self, predicted: Tensor, measured: Tensor, valid: Tensor | None = None) -> Tensor:
         """Negative log-likelihood summed over valid pixels (scalar), zero at equality.
 
-        ``measured`` is the prepared data (``prepare(counts)``).
+        ``measured`` is the prepared data (``prepare(counts)``). Differentiable with respect to
+        ``predicted`` through ``derivative``.
         """
-        return _masked_sum(self.elementwise(predicted, measured), valid)
+        return _NLL.apply(predicted, measured, valid, self)
 
     def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def derivative(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        """d elementwise / d predicted, in closed form (same shape)."""
+        raise NotImplementedError
+
+    def elementwise_and_derivative(self, predicted: Tensor, measured: Tensor
+                                   ) -> tuple[Tensor, Tensor]:
+        """Both at once (a subclass may share their common factors)."""
+        return self.elementwise(predicted, measured), self.derivative(predicted, measured)
 
     def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -94,6 +125,9 @@ class Poisson(Likelihood):
         )
         return predicted - measured * torch.log(predicted + self.eps) - (measured - saturated)
 
+    def derivative(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        return 1 - measured / (predicted + self.eps)
+
     def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.poisson(expected.clamp(min=0), generator=generator)
 
@@ -107,6 +141,9 @@ class Gaussian(Likelihood):
 
     def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
         return (predicted - measured).square() / (2 * self.sigma**2)
+
+    def derivative(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        return (predicted - measured) / self.sigma**2
 
     def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(
@@ -137,6 +174,14 @@ class Amplitude(Likelihood):
     def elementwise(self, predicted: Tensor, measured: Tensor) -> Tensor:
         """(sqrt(I) - a)^2 with ``measured`` = a = sqrt(counts) (the prepared form)."""
         return (torch.sqrt(predicted + self.eps) - measured).square()
+
+    def derivative(self, predicted: Tensor, measured: Tensor) -> Tensor:
+        return 1 - measured / torch.sqrt(predicted + self.eps)
+
+    def elementwise_and_derivative(self, predicted: Tensor, measured: Tensor
+                                   ) -> tuple[Tensor, Tensor]:
+        root = torch.sqrt(predicted + self.eps)
+        return (root - measured).square(), 1 - measured / root
 
     def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(

@@ -8,6 +8,30 @@ from torch import nn
 Tensor = torch.Tensor
 
 
+class _ModeIntensity(torch.autograd.Function):
+    """sum_m |Psi_m|^2 over dim 1 with its closed-form backward 2 g Psi.
+
+    Autograd's generic backward (through the real/imag views and a real-to-complex gradient)
+    takes several passes over the batch; this one takes one.
+    """
+
+    @staticmethod
+    def forward(ctx, field: Tensor) -> Tensor:
+        ctx.save_for_backward(field)
+        return (field.real.square() + field.imag.square()).sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (field,) = ctx.saved_tensors
+        # cast first: complex * real broadcasting is an order of magnitude slower on the CPU
+        return field * (2 * grad).unsqueeze(1).to(field.dtype)
+
+
+def mode_intensity(field: Tensor) -> Tensor:
+    """Incoherent sum of mode intensities: (B, M, ...) complex -> (B, ...) real."""
+    return _ModeIntensity.apply(field)
+
+
 class Measurement(nn.Module):
     """I = flux[index] * sum_m |Psi_m|^2 + background, in the propagator's native layout.
 
@@ -23,7 +47,7 @@ class Measurement(nn.Module):
         self.background = nn.Parameter(torch.zeros(frame_shape))
 
     def forward(self, field: Tensor, index: Tensor) -> Tensor:
-        intensity = (field.real.square() + field.imag.square()).sum(dim=1)
+        intensity = mode_intensity(field)
         flux = self.flux[index].reshape(-1, *([1] * (intensity.dim() - 1)))
         return flux * intensity + self.background
 

@@ -33,7 +33,9 @@ class ParameterPlan:
                 continue
             kind = force_optimizer or spec.optimizer
             lr = spec.lr if force_lr is None else force_lr
-            self.optimizers[name] = _OPTIMIZERS[kind]([fields[name]], lr=lr)
+            # foreach: multi-tensor kernels (fused=True does not take complex parameters)
+            extra = {"foreach": True} if kind == "adam" else {}
+            self.optimizers[name] = _OPTIMIZERS[kind]([fields[name]], lr=lr, **extra)
 
     def active(self, epoch: int) -> list[str]:
         """Names of the parameters updated in ``epoch``."""

@@ -111,9 +111,11 @@ class Reconstructor:
             parameter.requires_grad_(name in active)
         totals: dict[str, float] = defaultdict(float)
         device = self.batches.device
+        # no mask at all where every pixel is trusted: the likelihood then skips its selects
+        valid = None if bool(self.batches.valid.all()) else self.batches.valid
         for group in self._epoch_batches(epoch):
             index = self.comm.shard(group)
-            batch = Batch(index.to(device), self.batches(index), self.batches.valid, self.comm)
+            batch = Batch(index.to(device), self.batches(index), valid, self.comm)
             terms = self.algorithm.step(
                 self.model, batch, self.objective, self.plan, active, self.state
             )
