@@ -21,6 +21,7 @@ from diffrecon.algorithms.recipe import make_algorithm
 from diffrecon.data import (
     arrays,
     cxi,
+    simulate_bragg,  # noqa: F401  (registers the "bragg" simulator)
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
 )
 from diffrecon.data.container import DiffractionData
@@ -145,6 +146,7 @@ def reconstruct(
         data = load(data, lazy=True)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
+    data = model_cls.prepare(data, run_config.model)
     with distributed.session(run_config.recon.distributed, run_config.recon.device) as comm:
         if comm.world_size > 1 and run_config.recon.starts > 1:
             raise ConfigError("recon.starts > 1 does not run distributed (torchrun); "
