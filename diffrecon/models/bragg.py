@@ -32,6 +32,9 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class BraggConfig(CDIConfig):
+    support_threshold: float = doc(
+        0.003, "initial support: autocorrelation threshold, fraction of its maximum (low: "
+        "the phase of a strained crystal weakens its autocorrelation away from the centre)")
     shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
     shrinkwrap_sigma_px: tuple[float, float] = doc(
         (2.0, 1.0), "shrinkwrap Gaussian sigma (start, end), voxels; decays geometrically")
