@@ -176,41 +176,93 @@ def wrap(phase: Tensor) -> Tensor:
     return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
 
 
-def unwrap_phase(phase: Tensor, mask: Tensor) -> Tensor:
-    """3D phase unwrapping: least squares (Ghiglia & Romero, JOSA A 11, 107 (1994)) then
-    congruence with the wrapped phase.
+def _divergence(fields: list[Tensor]) -> Tensor:
+    """Backward-difference divergence of forward-difference edge fields (periodic)."""
+    return sum((f - torch.roll(f, 1, axis) for axis, f in enumerate(fields)),
+               torch.zeros_like(fields[0]))
 
-    The wrapped differences between neighbours both inside ``mask`` are integrated by an FFT
-    Poisson solve (periodic box, differences elsewhere zero); the result is moved by whole
-    turns onto the wrapped phase, so it equals ``phase`` mod 2 pi inside the mask. Phase
-    vortices (dislocations) have no unwrapped phase: their branch cuts stay.
+
+def _poisson(source: Tensor) -> Tensor:
+    """x with (periodic, unweighted) Laplacian(x) = source, zero mean, by FFT."""
+    eigen = torch.zeros((), dtype=torch.float64, device=source.device)
+    for axis, n in enumerate(source.shape):
+        k = torch.arange(n, dtype=torch.float64, device=source.device)
+        eigen = eigen + (2 * torch.cos(2 * math.pi * k / n) - 2).reshape(
+            [-1 if a == axis else 1 for a in range(source.dim())])
+    spectrum = torch.fft.fftn(source) / torch.where(eigen == 0, 1.0, eigen)
+    spectrum.view(-1)[0] = 0
+    return torch.fft.ifftn(spectrum).real
+
+
+def unwrap_phase(phase: Tensor, mask: Tensor, *, iterations: int = 100,
+                 tolerance: float = 1e-9) -> Tensor:
+    """3D phase unwrapping: weighted least squares, then congruence with the wrapped phase.
+
+    The wrapped differences between neighbours that are both inside ``mask`` are integrated
+    by preconditioned conjugate gradients on the mask's weighted Laplacian, with the FFT
+    Poisson solver as preconditioner (Ghiglia & Romero, JOSA A 11, 107 (1994)); the result
+    is moved by whole turns onto the wrapped phase, so it equals ``phase`` mod 2 pi. Where
+    no phase field has these differences (a dislocation's vortex) a branch cut remains.
 
     Args:
         phase: (D, H, W) wrapped phase, radians.
         mask: (D, H, W) bool, where the phase is meaningful.
+        iterations: at most this many conjugate-gradient steps.
+        tolerance: stop when the residual norm falls below this fraction of the source's.
 
     Returns:
-        (D, H, W) float64 unwrapped phase, radians (zero outside the mask).
+        (D, H, W) float64 unwrapped phase, radians, zero mean-turns offset (zero outside).
     """
     phase, inside = phase.to(torch.float64), mask.to(torch.float64)
-    divergence = torch.zeros_like(phase)
+    weights = [inside * torch.roll(inside, -1, axis) for axis in range(3)]
+
+    def laplacian(x: Tensor) -> Tensor:  # minus the weighted Laplacian: positive semidefinite
+        return -_divergence([w * (torch.roll(x, -1, a) - x) for a, w in enumerate(weights)])
+
+    source = -_divergence([w * wrap(torch.roll(phase, -1, a) - phase)
+                           for a, w in enumerate(weights)])
+    x, residual = torch.zeros_like(phase), source.clone()
+    z = -_poisson(residual)
+    direction, rz = z.clone(), float((residual * z).sum())
+    scale = float(source.norm())
+    for _ in range(iterations):
+        if float(residual.norm()) <= tolerance * scale or rz == 0:
+            break
+        product = laplacian(direction)
+        step = rz / float((direction * product).sum())
+        x, residual = x + step * direction, residual - step * product
+        z = -_poisson(residual)
+        rz_new = float((residual * z).sum())
+        direction, rz = z + (rz_new / rz) * direction, rz_new
+    unwrapped = x + wrap(phase - x)
+    mean = (unwrapped * inside).sum() / inside.sum().clamp(min=1)
+    return (unwrapped - 2 * math.pi * torch.round(mean / (2 * math.pi))) * inside
+
+
+def phase_vortices(obj: Tensor, mask: Tensor) -> Tensor:
+    """Winding numbers of the phase round every elementary plaquette (dislocation cores).
+
+    Args:
+        obj: (D, H, W) complex.
+        mask: (D, H, W) bool; a plaquette counts when its four corners are inside.
+
+    Returns:
+        (3, D, H, W) int64: entry [a, i] is the phase winding (turns) round the square with
+        corner i spanned by the two axes other than a (a phase vortex line along axis a
+        pierces it when non-zero).
+    """
+    out = []
     for axis in range(3):
-        both = inside * torch.roll(inside, -1, axis)
-        gradient = wrap(torch.roll(phase, -1, axis) - phase) * both
-        divergence += gradient - torch.roll(gradient, 1, axis)
-    eigen = torch.zeros((), dtype=torch.float64)
-    for axis, n in enumerate(phase.shape):
-        k = torch.arange(n, dtype=torch.float64)
-        eigen = eigen + (2 * torch.cos(2 * math.pi * k / n) - 2).reshape(
-            [-1 if a == axis else 1 for a in range(3)])
-    spectrum = torch.fft.fftn(divergence) / torch.where(eigen == 0, 1.0, eigen)
-    spectrum[0, 0, 0] = 0
-    smooth = torch.fft.ifftn(spectrum).real
-    unwrapped = smooth + wrap(phase - smooth)
-    reference = (unwrapped * inside).sum() / inside.sum().clamp(min=1)
-    turns = torch.round((reference - (phase * inside).sum() / inside.sum().clamp(min=1))
-                        / (2 * math.pi))
-    return (unwrapped - 2 * math.pi * turns) * inside
+        b, c = [k for k in range(3) if k != axis]
+
+        def step(x: Tensor, shift: int, dim: int) -> Tensor:
+            return torch.roll(x, -shift, dim)
+
+        corners = [obj, step(obj, 1, b), step(step(obj, 1, b), 1, c), step(obj, 1, c)]
+        inside = mask & step(mask, 1, b) & step(step(mask, 1, b), 1, c) & step(mask, 1, c)
+        total = sum(torch.angle(corners[(k + 1) % 4] * corners[k].conj()) for k in range(4))
+        out.append(torch.where(inside, torch.round(total / (2 * math.pi)), 0).long())
+    return torch.stack(out)
 
 
 def erode(mask: Tensor, voxels: int) -> Tensor:
@@ -252,7 +304,8 @@ def strain_along(obj: Tensor, q_m: np.ndarray, voxel_m: float) -> Tensor:
 
 
 def lab_frame_maps(obj: Tensor, support: Tensor, geometry: BraggGeometry, *,
-                   erosion_px: int = 2, margin_px: int = 3) -> dict[str, np.ndarray]:
+                   erosion_px: int = 2, margin_px: int = 3, remove_ramp: bool = True
+                   ) -> dict[str, np.ndarray]:
     """Amplitude, phase, displacement and strain of a Bragg reconstruction on a lab grid.
 
     The object (detector-conjugate grid) loses its mean phase ramp and phase (a ramp is a
@@ -266,6 +319,8 @@ def lab_frame_maps(obj: Tensor, support: Tensor, geometry: BraggGeometry, *,
         geometry: the measurement geometry.
         erosion_px: lab voxels removed from the support edge where strain is reported.
         margin_px: lab voxels kept around the support's bounding box.
+        remove_ramp: remove the mean phase gradient and phase (False for an object already
+            aligned with a reference, e.g. the ground truth).
 
     Returns:
         NumPy arrays on the lab grid (z, y, x axes; NaN outside the crystal where noted):
@@ -277,7 +332,7 @@ def lab_frame_maps(obj: Tensor, support: Tensor, geometry: BraggGeometry, *,
     """
     basis = geometry.real_basis(tuple(obj.shape))  # type: ignore[arg-type]
     voxel = lab_voxel_size_m(basis)
-    flat, _ = remove_phase_ramp(obj, support)
+    flat = remove_phase_ramp(obj, support)[0] if remove_ramp else obj
     inside = centred_positions(tuple(obj.shape), basis)[support.cpu()]
     low = inside.amin(0).numpy() - margin_px * voxel
     high = inside.amax(0).numpy() + margin_px * voxel
@@ -285,7 +340,8 @@ def lab_frame_maps(obj: Tensor, support: Tensor, geometry: BraggGeometry, *,
     grid = lab_grid(shape, voxel, low)  # type: ignore[arg-type]
     lab = resample(flat.cpu(), basis, grid)
     lab_support = resample(support.cpu().float(), basis, grid) > 0.5
-    lab, _ = remove_phase_ramp(lab, lab_support)
+    if remove_ramp:
+        lab, _ = remove_phase_ramp(lab, lab_support)
     q = geometry.q_bragg()
     norm = float(np.linalg.norm(q))
     phase = unwrap_phase(torch.angle(lab), lab_support)
