@@ -108,8 +108,9 @@ def evaluate(result, settings: BraggSimulation, truth: np.ndarray) -> dict:  # t
     return out
 
 
-def run_case(strain: str, recipe: str, starts: int, extra: list[str]) -> dict:
-    settings = BraggSimulation(strain=strain)
+def run_case(strain: str, recipe: str, starts: int, extra: list[str], peak_strain: float
+             ) -> dict:
+    settings = BraggSimulation(strain=strain, peak_strain=peak_strain)
     data = simulate_bragg(settings)
     start = time.perf_counter()
     result = diffrecon.reconstruct(data, "bragg", overrides=[
@@ -117,6 +118,7 @@ def run_case(strain: str, recipe: str, starts: int, extra: list[str]) -> dict:
         "log.metric_every=100000", *extra])
     seconds = time.perf_counter() - start
     out = {"recipe": recipe, "starts": starts, "overrides": extra, "seconds": seconds,
+           "peak_strain": peak_strain if strain in ("smooth", "both") else 0.0,
            "nrmse": result.metrics.get("nrmse")}
     if "start_r_factor" in result.results:
         out["start_r_factor"] = np.round(result.results["start_r_factor"], 4).tolist()
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="hio:600,er:100,gradient:50")
     parser.add_argument("--starts", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--peak-strain", type=float, default=1e-3)
+    parser.add_argument("--label", default="", help="suffix of the case names in the JSON")
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--out", default=str(HERE / "out" / "bench_bcdi.json"))
     args = parser.parse_args()
@@ -149,13 +153,14 @@ def main() -> None:
     report = json.loads(path.read_text()) if path.exists() else {}
     for name in args.cases.split(","):
         start = time.perf_counter()
+        key = name if name == "speed" else name + args.label
         if name == "speed":
-            report[name] = case_speed() | {"threads": args.threads}
+            report[key] = case_speed() | {"threads": args.threads}
         else:
-            report[name] = run_case(name, args.recipe, args.starts, args.extra) | {
-                "threads": args.threads}
-        print(f"== {name} ({time.perf_counter() - start:.0f} s)")
-        print(json.dumps(report[name], indent=1), flush=True)
+            report[key] = run_case(name, args.recipe, args.starts, args.extra,
+                                   args.peak_strain) | {"threads": args.threads}
+        print(f"== {key} ({time.perf_counter() - start:.0f} s)")
+        print(json.dumps(report[key], indent=1), flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,10 @@ class BraggConfig(CDIConfig):
     support_threshold: float = doc(
         0.003, "initial support: autocorrelation threshold, fraction of its maximum (low: "
         "the phase of a strained crystal weakens its autocorrelation away from the centre)")
-    shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
+    shrinkwrap_threshold: float = doc(
+        0.25, "shrinkwrap threshold, fraction of the blurred modulus' RMS over the support")
+    shrinkwrap_reference: Literal["max", "rms"] = doc(
+        "rms", "shrinkwrap threshold relative to the max or the RMS inside the support")
     shrinkwrap_sigma_px: tuple[float, float] = doc(
         (2.0, 1.0), "shrinkwrap Gaussian sigma (start, end), voxels; decays geometrically")
     delta_deg: float | None = doc(None, "detector out-of-plane angle, degrees (none: file)")
@@ -120,6 +123,14 @@ class Bragg(CDI):
             "object voxel:     " + " x ".join(f"{s:.3g}" for s in steps)
             + f" nm along the array axes; lab voxel {lab_voxel_size_m(basis) * 1e9:.3g} nm"]
         return "\n".join(lines)
+
+    def callbacks(self) -> list[Any]:
+        from diffrecon.algorithms.cdi import Shrinkwrap
+
+        c = self.config
+        return [Shrinkwrap(c.shrinkwrap_every, c.shrinkwrap_threshold,
+                           tuple(c.shrinkwrap_sigma_px), c.shrinkwrap_stop,
+                           c.shrinkwrap_reference)]
 
     def results(self) -> dict[str, Any]:
         out = super().results()
