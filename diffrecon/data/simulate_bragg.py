@@ -124,7 +124,7 @@ class Crystal:
         first = np.cross(helper[::-1], q_hat[::-1])[::-1]
         first /= np.linalg.norm(first)
         second = np.cross(q_hat[::-1], first[::-1])[::-1]
-        return torch.as_tensor(first), torch.as_tensor(second)
+        return torch.as_tensor(first.copy()), torch.as_tensor(second.copy())
 
 
 def make_crystal(config: BraggSimulation, geometry: BraggGeometry, voxel_m: float) -> Crystal:

@@ -24,7 +24,8 @@ from diffrecon.data.bragg import center_on_peak, read_geometry
 from diffrecon.data.container import DiffractionData
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import models
-from diffrecon.models.cdi import CDI, CDIConfig, initial_support, measured_intensity
+from diffrecon.models.cdi import CDI, CDIConfig, measured_intensity
+from diffrecon.physics.filters import autocorrelation_support
 from diffrecon.physics.volume import BraggGeometry, lab_frame_maps, lab_voxel_size_m
 
 Tensor = torch.Tensor
@@ -100,13 +101,12 @@ class Bragg(CDI):
 
     @classmethod
     def describe(cls, data: DiffractionData) -> str:
-        """Geometry, voxel sizes and the oversampling along each array axis."""
-        intensity, valid = measured_intensity(data)
-        support = initial_support(intensity, valid, BraggConfig.support_threshold)
-        extents = [int(support.any(dim=tuple(a for a in range(3) if a != axis)).sum())
-                   for axis in range(3)]
-        # the autocorrelation is twice the object: oversampling = N / (extent / 2)
-        ratios = [2 * n / max(e, 1) for n, e in zip(intensity.shape, extents, strict=True)]
+        """Geometry, voxel sizes and the oversampling along each array axis (array size over
+        the object's extent, from its autocorrelation at 1 % of the maximum)."""
+        intensity, _ = measured_intensity(data)
+        support = autocorrelation_support(intensity, 0.01, 1.0)  # halved: the object's extent
+        extents = [int(np.ptp(np.nonzero(support.numpy())[axis])) + 1 for axis in range(3)]
+        ratios = [n / e for n, e in zip(intensity.shape, extents, strict=True)]
         lines = ["bragg:            oversampling per axis (rocking, rows, columns) "
                  + ", ".join(f"{r:.3g}" for r in ratios)]
         try:
