@@ -4,6 +4,7 @@ unwrapping, data layouts and errors, and small end-to-end runs (API and CLI)."""
 from __future__ import annotations
 
 import math
+from xml.etree import ElementTree
 
 import h5py
 import numpy as np
@@ -257,8 +258,14 @@ def test_api_reconstruction_of_a_strained_crystal_reaches_the_truth(tmp_path):
     assert 10e-9 < voxel < 200e-9  # metres, not pixels
     strain = arrays["strain"][arrays["strain_mask"]]
     assert np.all(np.isfinite(strain)) and np.abs(strain).max() < 10 * settings.peak_strain
-    xdmf = (tmp_path / "run" / "reconstruction.xdmf").read_text()
-    assert "reconstruction.h5:/strain" in xdmf and "3DCoRectMesh" in xdmf
+    xdmf = ElementTree.parse(tmp_path / "run" / "reconstruction.xdmf").getroot()
+    items = {item.text: item.get("Dimensions") for item in xdmf.iter("DataItem")
+             if item.get("Format") == "HDF"}
+    shape = " ".join(str(n) for n in arrays["strain"].shape)
+    assert items["reconstruction.h5:/strain"] == shape
+    assert items["reconstruction.h5:/displacement_m"] == shape
+    spacing = [float(v) for v in list(xdmf.iter("DataItem"))[1].text.split()]
+    assert spacing == pytest.approx([voxel] * 3)
 
 
 def test_cli_simulate_inspect_reconstruct(tmp_path, capsys):
