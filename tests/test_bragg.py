@@ -20,6 +20,7 @@ from diffrecon.data.results import read_results
 from diffrecon.data.simulate_bragg import BraggSimulation, bragg_scene, simulate_bragg
 from diffrecon.errors import DataFormatError
 from diffrecon.losses.metrics import align
+from diffrecon.models.bragg import Bragg, BraggConfig
 from diffrecon.physics.fft import fftnc
 from diffrecon.physics.volume import (
     BraggGeometry,
@@ -207,6 +208,9 @@ def test_missing_or_bad_geometry_names_the_file_and_key(tmp_path):
                                                            "bragg_rocking_axis": "z"}})
     with pytest.raises(DataFormatError, match="bragg_rocking_axis.*'x' or 'y'"):
         read_geometry(bad, {})
+    flat = DiffractionData(**{**data.__dict__, "patterns": data.patterns[:1]})
+    with pytest.raises(DataFormatError, match=r"entry_1/data_1/data.*\(D, H, W\).*\(1, 16, 16\)"):
+        Bragg.prepare(flat, BraggConfig())
     bad.metadata["bragg_rocking_axis"], bad.metadata["bragg_delta_deg"] = "x", "thirty"
     with pytest.raises(DataFormatError, match="bragg_delta_deg.*thirty"):
         read_geometry(bad, {})

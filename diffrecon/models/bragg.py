@@ -22,7 +22,7 @@ import torch
 from diffrecon.config import doc
 from diffrecon.data.bragg import center_on_peak, read_geometry
 from diffrecon.data.container import DiffractionData
-from diffrecon.errors import ConfigError
+from diffrecon.errors import DataFormatError
 from diffrecon.models.base import models
 from diffrecon.models.cdi import CDI, CDIConfig, measured_intensity
 from diffrecon.physics.filters import autocorrelation_support
@@ -82,8 +82,9 @@ class Bragg(CDI):
     def prepare(cls, data: DiffractionData, config: BraggConfig) -> DiffractionData:
         """Centre the Bragg peak and crop to ``config.crop_px`` (see ``center_on_peak``)."""
         if len(data.patterns.shape) != 3 or data.patterns.shape[0] < 2:
-            raise ConfigError(f"{data.source}: modality 'bragg' needs a (D, H, W) rocking-curve "
-                              f"volume, found {tuple(data.patterns.shape)}")
+            raise DataFormatError(data.source, "entry_1/data_1/data",
+                                  "a (D, H, W) rocking-curve volume (D > 1) for modality 'bragg'",
+                                  f"shape {tuple(data.patterns.shape)}")
         if not config.center_peak and config.crop_px is None:
             return data
         return center_on_peak(data, config.crop_px)
@@ -111,7 +112,7 @@ class Bragg(CDI):
                  + ", ".join(f"{r:.3g}" for r in ratios)]
         try:
             geometry = geometry_of(data, BraggConfig())
-        except Exception as error:  # inspect reports what is missing instead of failing
+        except DataFormatError as error:  # inspect reports what is missing instead of failing
             return "\n".join(lines + [f"geometry:         {error}"])
         basis = geometry.real_basis(tuple(intensity.shape))  # type: ignore[arg-type]
         q = geometry.q_bragg()
