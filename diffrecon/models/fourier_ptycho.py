@@ -95,6 +95,8 @@ class FourierPtycho(ForwardModel):
 
     Config = FourierPtychoConfig
     alignment = {"remove_ramp": True}
+    #: ePIE on small batches converges far faster than Adam here (bench_fp.py)
+    run_defaults = {"algorithm": {"name": "epie"}, "recon": {"batch_size": 4}}
 
     def __init__(self, spectrum: Tensor, scope: Microscope, leds_m: Tensor, groups: Tensor,
                  height_m: float, amplitude: float, config: FourierPtychoConfig) -> None:
