@@ -90,9 +90,11 @@ def test_brightfield_image_is_band_limited_object(small_fp):
     model = FourierPtycho.from_data(small_fp, FourierPtychoConfig())
     truth = small_fp.truth.object[0].astype(np.complex128)
     with torch.no_grad():
-        model.object.copy_(torch.as_tensor(np.fft.fftshift(np.fft.fft2(truth, norm="ortho")))[None])
+        centred = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(truth), norm="ortho"))
+        model.object.copy_(torch.as_tensor(centred)[None])
     centre = int(np.argmin(np.abs(led_table(small_fp).positions_m).sum(1)))
-    image = model.propagator.from_native(model(torch.tensor([centre])))[0].double().numpy()
+    with torch.no_grad():
+        image = model.propagator.from_native(model(torch.tensor([centre])))[0].double().numpy()
     big, small = model.scope.grid[0], model.scope.frame[0]
     k = np.fft.fftfreq(big, model.scope.object_pixel_m)
     low = np.fft.fft2(truth) * (np.hypot(k[:, None], k[None, :]) <= 0.1 / small_fp.wavelength_m)
@@ -112,7 +114,6 @@ def test_energy_conservation_and_multiplexing(small_fp):
         dataclasses.replace(small_fp, patterns=np.asarray(small_fp.patterns)[:1]),
         table.positions_m, np.array([[3, 7]]), table.numerical_aperture, table.magnification)
     multiplexed = FourierPtycho.from_data(pair, FourierPtychoConfig())
-    multiplexed.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         for name in ("object", "pupil"):
             getattr(multiplexed, name).copy_(getattr(model, name))

@@ -164,10 +164,11 @@ class FourierPtycho(ForwardModel):
                                              torch.deg2rad(g[2]))
 
     def led_centres(self) -> Tensor:
-        """Spectrum offsets (L, 2) of every LED's window, spectrum pixels, float32."""
+        """Spectrum offsets (L, 2) of every LED's window, spectrum pixels (the model's dtype)."""
         height = self.height_m + self.led_geometry[3].double() * 1e-3
         offsets = led_array.spectrum_offsets(self.led_positions(), height, self.scope.wavelength_m)
-        return (offsets / self.scope.spectrum_pixel).float() + self.illumination_angles
+        real = self.illumination_angles.dtype
+        return (offsets / self.scope.spectrum_pixel).to(real) + self.illumination_angles
 
     def current_pupil(self) -> Tensor:
         """The pupil (h, w): support * pixel field * exp(2 pi i sum_j c_j Z_j)."""
