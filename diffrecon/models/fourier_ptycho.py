@@ -31,6 +31,7 @@ from torch import nn
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.fpm import led_table
+from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics import led_array
@@ -52,6 +53,13 @@ class FourierPtychoConfig:
         None, "object pixels per camera pixel (none: the least holding every LED's window)")
     zernike_max: int = doc(
         15, "Noll indices 4..zernike_max are fitted (piston and tilts are ambiguous)")
+    calibrate_leds: bool = doc(
+        False, "calibrate the LED array pose (shift, rotation, height) every epoch from "
+        "calibration_start: per-LED search of the best window offset, then a pose fit "
+        "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
+    calibration_start: int = doc(3, "first epoch (0-based) after which the pose is calibrated")
+    calibration_step_px: float = doc(0.5, "per-LED search step, spectrum pixels")
+    calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
 
 
 @dataclasses.dataclass
@@ -81,6 +89,40 @@ def microscope(data: DiffractionData, config: FourierPtychoConfig, margin_px: in
     upsampling = config.upsampling or max(1, math.ceil(2 * reach / min(h, w)))
     return Microscope((h, w), (upsampling * h, upsampling * w), dk, camera_m / upsampling, na,
                       data.wavelength_m)
+
+
+def subpixel_minimum(losses: Tensor, step: float) -> Tensor:
+    """Minimum (N, 2) of losses (3, 3, N) sampled at -step, 0, +step in (y, x), by parabolas
+    through the centre row and column (clamped to +/- step; the grid minimum when not convex).
+    """
+    out = []
+    for line in (losses[:, 1], losses[1, :]):  # along y (x = 0), along x (y = 0)
+        minus, centre, plus = line[0], line[1], line[2]
+        curvature = minus - 2 * centre + plus
+        vertex = step * (minus - plus) / (2 * curvature.clamp(min=1e-30))
+        grid = (torch.argmin(line, dim=0).to(line.dtype) - 1) * step
+        out.append(torch.where(curvature > 0, vertex.clamp(-step, step), grid))
+    return torch.stack(out, dim=1)
+
+
+class LEDCalibration:
+    """Loop callback: ``FourierPtycho.calibrate_pose`` after every epoch from the start one."""
+
+    def on_start(self, run: Any) -> None:
+        model = run.model
+        if int(model.groups.shape[1]) != 1:
+            raise ConfigError("model.calibrate_leds needs single-LED images (this data set "
+                              "multiplexes several LEDs per image)")
+
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, float]) -> None:
+        model = run.model
+        if epoch + 1 < model.config.calibration_start:
+            return
+        measured = run.batches(torch.arange(len(run.batches)))
+        model.calibrate_pose(measured, run.objective.likelihood)
+
+    def on_end(self, run: Any) -> None:
+        pass
 
 
 @models.register("fourier_ptycho")
@@ -189,6 +231,55 @@ class FourierPtycho(ForwardModel):
         corners, fraction, weights = self._windows(index)
         psi = overlap(self.object, self.current_pupil()[None], corners, fraction)
         return psi.reshape(*weights.shape, *psi.shape[-2:]) * weights[..., None, None]
+
+    def callbacks(self) -> list[Any]:
+        return [LEDCalibration()] if self.config.calibrate_leds else []
+
+    @torch.no_grad()
+    def image_losses(self, measured: Tensor, likelihood: Any, shift_px: Tensor,
+                     chunk: int = 64) -> Tensor:
+        """Per-image negative log-likelihood (N,) with every LED window moved by ``shift_px``."""
+        out = []
+        self.illumination_angles.add_(shift_px)
+        try:
+            for index in torch.arange(measured.shape[0], device=measured.device).split(chunk):
+                values = likelihood.elementwise(self(index), measured[index])
+                out.append(values.sum(dim=(1, 2)))
+        finally:
+            self.illumination_angles.sub_(shift_px)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def calibrate_pose(self, measured: Tensor, likelihood: Any) -> None:
+        """One round of LED calibration (see ``FourierPtychoConfig.calibrate_leds``).
+
+        Each LED's image is compared with the model at its window offset and 8 neighbours a
+        ``calibration_step_px`` away (as in pcFPM, Sun et al., Opt. Express 24, 15765 (2016)),
+        the best offset refined by a parabola through the losses; the array pose is then fitted to all offsets. A common
+        translation d of every window and of the spectrum leaves the images unchanged, so the
+        object's net tilt d is removed from the spectrum and the windows move by -d with it.
+        """
+        step = self.config.calibration_step_px
+        moves = torch.tensor([(dy, dx) for dy in (-step, 0.0, step) for dx in (-step, 0.0, step)],
+                             device=measured.device)
+        losses = torch.stack([self.image_losses(measured, likelihood, move) for move in moves])
+        best = subpixel_minimum(losses.reshape(3, 3, -1).double(), step)  # image n: LED n
+        leds = self.groups[:, 0]
+        obj = self.transmission()[0]
+        tilt = led_array.net_tilt(obj).to(best.dtype)
+        target = (self.led_centres() - self.illumination_angles)[leds] + best - tilt
+        # every LED counts alike, except images too dark to tell one offset from another
+        signal = measured.flatten(1).sum(1).double()
+        weights = (signal > 0.01 * signal.median()).double()
+        pose = led_array.fit_pose(self.nominal_leds[leds], target, self.led_geometry,
+                                  self.height_m, self.scope.wavelength_m,
+                                  self.scope.spectrum_pixel, weights=weights,
+                                  free=(True, True, True, self.config.calibrate_height))
+        self.led_geometry.copy_(pose.to(self.led_geometry.dtype))
+        y, x = (torch.arange(n, device=obj.device, dtype=torch.float64) for n in self.scope.grid)
+        ramp = tilt[0] * y[:, None] / self.scope.grid[0] + tilt[1] * x[None, :] / self.scope.grid[1]
+        untilted = obj * torch.polar(torch.ones_like(ramp), -2 * math.pi * ramp).to(obj.dtype)
+        self.object.copy_(fft2c(untilted)[None])
 
     @torch.no_grad()
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:

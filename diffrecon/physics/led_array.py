@@ -17,6 +17,8 @@ rotation by ``rotation_rad`` about the optical axis (from +x towards +y), then a
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Tensor = torch.Tensor
@@ -69,3 +71,48 @@ def is_brightfield(positions_m: Tensor, height_m: Tensor | float,
                    numerical_aperture: float) -> Tensor:
     """(L,) bool: the LED's direct beam enters the objective (illumination NA <= NA)."""
     return illumination_na(positions_m, height_m) <= numerical_aperture
+
+
+def net_tilt(field: Tensor) -> Tensor:
+    """The linear phase ramp of ``field`` (..., H, W) as a spectrum offset (2,), pixels.
+
+    A field o(r) exp(2 pi i (d_y y / H + d_x x / W)) has its spectrum shifted by d; d is read
+    from the mean phase difference of neighbouring pixels (amplitude-weighted), which a
+    periodic phase does not bias. A sample that tilts the beam on the whole has d != 0.
+    """
+    h, w = field.shape[-2:]
+    dy = (torch.roll(field, -1, -2) * field.conj()).sum()
+    dx = (torch.roll(field, -1, -1) * field.conj()).sum()
+    return torch.stack([torch.angle(dy) * h, torch.angle(dx) * w]) / (2 * math.pi)
+
+
+def fit_pose(nominal_m: Tensor, target: Tensor, pose: Tensor, height_m: float,
+             wavelength_m: float, spectrum_pixel: float, *, weights: Tensor | None = None,
+             free: tuple[bool, bool, bool, bool] = (True, True, True, True),
+             iterations: int = 50) -> Tensor:
+    """Array pose (4,) (shift y, shift x mm, rotation degrees, height change mm) whose LED
+    offsets (``spectrum_offsets / spectrum_pixel``) best match ``target`` (L, 2) pixels.
+
+    Weighted least squares (``weights`` (L,), default 1) by L-BFGS from ``pose``, over the
+    entries marked ``free``; ``nominal_m`` (L, 2) nominal LED positions.
+    """
+    start = pose.detach().double().clone()
+    mask = torch.tensor(free, dtype=torch.float64)
+    delta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    weights = torch.ones(len(target), dtype=torch.float64) if weights is None else weights
+    optimizer = torch.optim.LBFGS([delta], max_iter=iterations, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def loss() -> Tensor:
+        optimizer.zero_grad()
+        current = start + mask * delta
+        positions = transform_positions(nominal_m.double(), current[:2] * 1e-3,
+                                        torch.deg2rad(current[2]))
+        offsets = spectrum_offsets(positions, height_m + current[3] * 1e-3, wavelength_m)
+        residual = (offsets / spectrum_pixel - target.double()).square().sum(1)
+        value = (weights.double() * residual).sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return (start + mask * delta).detach()
