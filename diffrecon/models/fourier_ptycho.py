@@ -58,7 +58,8 @@ class FourierPtychoConfig:
         "calibration_start: per-LED search of the best window offset, then a pose fit "
         "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
     calibration_start: int = doc(3, "first epoch (0-based) after which the pose is calibrated")
-    calibration_step_px: float = doc(0.5, "per-LED search step, spectrum pixels")
+    calibration_step_px: float = doc(
+        1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
 
 
@@ -91,20 +92,6 @@ def microscope(data: DiffractionData, config: FourierPtychoConfig, margin_px: in
                       data.wavelength_m)
 
 
-def subpixel_minimum(losses: Tensor, step: float) -> Tensor:
-    """Minimum (N, 2) of losses (3, 3, N) sampled at -step, 0, +step in (y, x), by parabolas
-    through the centre row and column (clamped to +/- step; the grid minimum when not convex).
-    """
-    out = []
-    for line in (losses[:, 1], losses[1, :]):  # along y (x = 0), along x (y = 0)
-        minus, centre, plus = line[0], line[1], line[2]
-        curvature = minus - 2 * centre + plus
-        vertex = step * (minus - plus) / (2 * curvature.clamp(min=1e-30))
-        grid = (torch.argmin(line, dim=0).to(line.dtype) - 1) * step
-        out.append(torch.where(curvature > 0, vertex.clamp(-step, step), grid))
-    return torch.stack(out, dim=1)
-
-
 class LEDCalibration:
     """Loop callback: ``FourierPtycho.calibrate_pose`` after every epoch from the start one."""
 
@@ -119,7 +106,9 @@ class LEDCalibration:
         if epoch + 1 < model.config.calibration_start:
             return
         measured = run.batches(torch.arange(len(run.batches)))
-        model.calibrate_pose(measured, run.objective.likelihood)
+        halvings = min((epoch + 1 - model.config.calibration_start) // 8, 2)
+        model.calibrate_pose(measured, run.objective.likelihood,
+                             model.config.calibration_step_px * 0.5**halvings)
 
     def on_end(self, run: Any) -> None:
         pass
@@ -250,20 +239,19 @@ class FourierPtycho(ForwardModel):
         return torch.cat(out)
 
     @torch.no_grad()
-    def calibrate_pose(self, measured: Tensor, likelihood: Any) -> None:
+    def calibrate_pose(self, measured: Tensor, likelihood: Any, step: float) -> None:
         """One round of LED calibration (see ``FourierPtychoConfig.calibrate_leds``).
 
-        Each LED's image is compared with the model at its window offset and 8 neighbours a
-        ``calibration_step_px`` away (as in pcFPM, Sun et al., Opt. Express 24, 15765 (2016)),
-        the best offset refined by a parabola through the losses; the array pose is then fitted to all offsets. A common
+        Each LED's window offset is chosen among the current one and its 8 neighbours ``step``
+        pixels away (the one fitting its image best, as in pcFPM, Sun et al., Opt. Express 24,
+        15765 (2016)); the array pose is then fitted to all offsets. A common
         translation d of every window and of the spectrum leaves the images unchanged, so the
         object's net tilt d is removed from the spectrum and the windows move by -d with it.
         """
-        step = self.config.calibration_step_px
         moves = torch.tensor([(dy, dx) for dy in (-step, 0.0, step) for dx in (-step, 0.0, step)],
                              device=measured.device)
         losses = torch.stack([self.image_losses(measured, likelihood, move) for move in moves])
-        best = subpixel_minimum(losses.reshape(3, 3, -1).double(), step)  # image n: LED n
+        best = moves[torch.argmin(losses, dim=0)]  # (N, 2); image n has LED groups[n, 0]
         leds = self.groups[:, 0]
         obj = self.transmission()[0]
         tilt = led_array.net_tilt(obj).to(best.dtype)
