@@ -54,25 +54,35 @@ class FPSimulation:
                                    "bar-group periods in units of lambda / NA_synthetic")
 
 
+def bar_layout(shape: tuple[int, int], pixel_m: float, periods_m: list[float]
+               ) -> list[tuple[float, float, float]]:
+    """(period, top, left) in metres of each bar group of ``bar_target``, left to right."""
+    h, w = shape
+    left, top = 0.12 * w * pixel_m, 0.2 * h * pixel_m
+    out = []
+    for period in periods_m:
+        out.append((period, top, left))
+        left += max(5 * period, 3 * period) + 1.5 * period
+    return out
+
+
 def bar_target(shape: tuple[int, int], pixel_m: float, periods_m: list[float]) -> np.ndarray:
     """USAF-like amplitude (H, W) in [0.3, 1]: per period, 3 vertical over 3 horizontal bars.
 
-    Groups are laid left to right from the upper left; each vertical-bar block is 5 periods
+    Groups are laid left to right (``bar_layout``); each vertical-bar block is 5 periods
     tall, the horizontal-bar block under it 5 periods wide. Bars are half a period wide.
     """
     h, w = shape
     y = (np.arange(h) + 0.5)[:, None] * pixel_m
     x = (np.arange(w) + 0.5)[None, :] * pixel_m
     target = np.ones(shape)
-    left, top = 0.12 * w * pixel_m, 0.2 * h * pixel_m
-    for period in periods_m:
+    for period, top, left in bar_layout(shape, pixel_m, periods_m):
         size = 5 * period
         for k in range(3):
             bar = (x >= left + k * period) & (x < left + (k + 0.5) * period)
             target[bar & (y >= top) & (y < top + size)] = 0.3
             rows = (y >= top + size + period + k * period) & (y < top + size + (k + 1.5) * period)
             target[rows & (x >= left) & (x < left + size)] = 0.3
-        left += max(size, 3 * period) + 1.5 * period
     return target
 
 
