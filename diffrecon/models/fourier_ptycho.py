@@ -59,7 +59,8 @@ class FourierPtychoConfig:
         "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
     calibration_start: int = doc(3, "first epoch (0-based) after which the pose is calibrated")
     calibration_step_px: float = doc(
-        1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it")
+        1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
+        "(the object restarts from the bright-field guess at each halving)")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
 
 
@@ -106,9 +107,14 @@ class LEDCalibration:
         if epoch + 1 < model.config.calibration_start:
             return
         measured = run.batches(torch.arange(len(run.batches)))
-        halvings = min((epoch + 1 - model.config.calibration_start) // 8, 2)
+        done = epoch + 1 - model.config.calibration_start
         model.calibrate_pose(measured, run.objective.likelihood,
-                             model.config.calibration_step_px * 0.5**halvings)
+                             model.config.calibration_step_px * 0.5 ** min(done // 8, 2))
+        if done in (8, 16):
+            # the object grown on a wrong pose holds the windows where they are (a trap):
+            # restart it from the bright-field guess under the improved pose
+            with torch.no_grad():
+                model.object.copy_(model.initial_spectrum)
 
     def on_end(self, run: Any) -> None:
         pass
@@ -146,6 +152,7 @@ class FourierPtycho(ForwardModel):
         self.register_buffer("lit", (groups >= 0).to(torch.float32))
         self.height_m, self.amplitude = height_m, amplitude
         self.object = nn.Parameter(spectrum)
+        self.register_buffer("initial_spectrum", spectrum.detach().clone(), persistent=False)
         self.pupil = nn.Parameter((support * amplitude).to(torch.complex64)[None])
         self.aberrations = nn.Parameter(torch.zeros(len(self.noll)))
         self.led_geometry = nn.Parameter(torch.zeros(4))
@@ -239,8 +246,9 @@ class FourierPtycho(ForwardModel):
         return torch.cat(out)
 
     @torch.no_grad()
-    def calibrate_pose(self, measured: Tensor, likelihood: Any, step: float) -> None:
-        """One round of LED calibration (see ``FourierPtychoConfig.calibrate_leds``).
+    def calibrate_pose(self, measured: Tensor, likelihood: Any, step: float,
+                       rounds: int = 3) -> None:
+        """``rounds`` rounds of LED calibration (see ``FourierPtychoConfig.calibrate_leds``).
 
         Each LED's window offset is chosen among the current one and its 8 neighbours ``step``
         pixels away (the one fitting its image best, as in pcFPM, Sun et al., Opt. Express 24,
@@ -250,24 +258,31 @@ class FourierPtycho(ForwardModel):
         """
         moves = torch.tensor([(dy, dx) for dy in (-step, 0.0, step) for dx in (-step, 0.0, step)],
                              device=measured.device)
-        losses = torch.stack([self.image_losses(measured, likelihood, move) for move in moves])
-        best = moves[torch.argmin(losses, dim=0)]  # (N, 2); image n has LED groups[n, 0]
-        leds = self.groups[:, 0]
-        obj = self.transmission()[0]
-        tilt = led_array.net_tilt(obj).to(best.dtype)
-        target = (self.led_centres() - self.illumination_angles)[leds] + best - tilt
         # every LED counts alike, except images too dark to tell one offset from another
         signal = measured.flatten(1).sum(1).double()
         weights = (signal > 0.01 * signal.median()).double()
+        for _ in range(rounds):
+            losses = torch.stack([self.image_losses(measured, likelihood, move)
+                                  for move in moves])
+            best = moves[torch.argmin(losses, dim=0)]  # (N, 2); image n has LED groups[n, 0]
+            self._fit_pose(best, weights)
+        obj = self.transmission()[0]
+        tilt = led_array.net_tilt(obj)
+        self._fit_pose(-tilt.expand(len(weights), 2), weights)
+        y, x = (torch.arange(n, device=obj.device, dtype=torch.float64) for n in self.scope.grid)
+        ramp = tilt[0] * y[:, None] / self.scope.grid[0] + tilt[1] * x[None, :] / self.scope.grid[1]
+        untilted = obj * torch.polar(torch.ones_like(ramp), -2 * math.pi * ramp).to(obj.dtype)
+        self.object.copy_(fft2c(untilted)[None])
+
+    def _fit_pose(self, moves: Tensor, weights: Tensor) -> None:
+        """Refit the pose to every image's LED offset moved by ``moves`` (N, 2) pixels."""
+        leds = self.groups[:, 0]
+        target = (self.led_centres() - self.illumination_angles)[leds] + moves.to(torch.float64)
         pose = led_array.fit_pose(self.nominal_leds[leds], target, self.led_geometry,
                                   self.height_m, self.scope.wavelength_m,
                                   self.scope.spectrum_pixel, weights=weights,
                                   free=(True, True, True, self.config.calibrate_height))
         self.led_geometry.copy_(pose.to(self.led_geometry.dtype))
-        y, x = (torch.arange(n, device=obj.device, dtype=torch.float64) for n in self.scope.grid)
-        ramp = tilt[0] * y[:, None] / self.scope.grid[0] + tilt[1] * x[None, :] / self.scope.grid[1]
-        untilted = obj * torch.polar(torch.ones_like(ramp), -2 * math.pi * ramp).to(obj.dtype)
-        self.object.copy_(fft2c(untilted)[None])
 
     @torch.no_grad()
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
