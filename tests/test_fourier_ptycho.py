@@ -201,3 +201,22 @@ def test_multiplexed_cxi_round_trip(tmp_path):
     assert np.array_equal(before.groups, after.groups) and before.groups.shape[1] == 4
     assert np.allclose(before.positions_m, after.positions_m)
     assert "synthetic NA" in diffrecon.inspect(tmp_path / "fp.cxi", "fourier_ptycho")
+
+
+def test_pose_fit_and_net_tilt_recover_known_values():
+    nominal = led_array.grid_positions(7, 7, 4e-3)
+    wavelength, height, pixel = 0.52e-6, 60e-3, 1 / 104e-6
+    true = torch.tensor([0.3, -0.4, 2.0, 1.5], dtype=torch.float64)  # mm, mm, degrees, mm
+    positions = led_array.transform_positions(nominal, true[:2] * 1e-3, torch.deg2rad(true[2]))
+    offsets = led_array.spectrum_offsets(positions, height + true[3] * 1e-3, wavelength) / pixel
+    pose = led_array.fit_pose(nominal, offsets, torch.zeros(4), height, wavelength, pixel)
+    assert torch.allclose(pose, true, atol=1e-4)
+    fixed = led_array.fit_pose(nominal, offsets, torch.zeros(4), height, wavelength, pixel,
+                               free=(True, True, True, False))
+    assert fixed[3] == 0
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(48.0), indexing="ij")
+    smooth = torch.sin(2 * math.pi * y / 64) + torch.cos(2 * math.pi * 2 * x / 48)  # periodic
+    field = (1 + 0.3 * smooth) * torch.exp(1j * (0.5 * smooth + 2 * math.pi * (1.3 * y / 64
+                                                                                - 0.7 * x / 48)))
+    assert torch.allclose(led_array.net_tilt(field).float(), torch.tensor([1.3, -0.7]),
+                          atol=0.02)

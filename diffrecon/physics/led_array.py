@@ -78,11 +78,13 @@ def net_tilt(field: Tensor) -> Tensor:
 
     A field o(r) exp(2 pi i (d_y y / H + d_x x / W)) has its spectrum shifted by d; d is read
     from the mean phase difference of neighbouring pixels (amplitude-weighted), which a
-    periodic phase does not bias. A sample that tilts the beam on the whole has d != 0.
+    periodic phase biases little. A sample that tilts the beam on the whole has d != 0.
     """
     h, w = field.shape[-2:]
-    dy = (torch.roll(field, -1, -2) * field.conj()).sum()
-    dx = (torch.roll(field, -1, -1) * field.conj()).sum()
+    # neighbours inside the array only: the wrap-around pair of a ramp with a non-integer d
+    # jumps by 2 pi d and would bias the estimate by O(1 / H)
+    dy = (field[..., 1:, :] * field[..., :-1, :].conj()).sum()
+    dx = (field[..., :, 1:] * field[..., :, :-1].conj()).sum()
     return torch.stack([torch.angle(dy) * h, torch.angle(dx) * w]) / (2 * math.pi)
 
 
