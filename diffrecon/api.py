@@ -21,6 +21,8 @@ from diffrecon.algorithms.recipe import make_algorithm
 from diffrecon.data import (
     arrays,
     cxi,
+    fpm,
+    simulate_fp,  # noqa: F401  (registers the "fourier_ptycho" simulator)
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
 )
 from diffrecon.data.container import DiffractionData
@@ -75,7 +77,10 @@ class Result:
 
 def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
     """Read a data file: CXI or the plain HDF5 layout, or a bare NPY/NPZ/TIFF intensity
-    (a CDI pattern or volume; see README)."""
+    (a CDI pattern or volume; see README), or a Fourier-ptychography HDF5 file, TOML/JSON
+    description or folder (``data.fpm``)."""
+    if fpm.is_fp_source(path):
+        return fpm.load_fp(path)
     if arrays.is_array_file(path):
         return arrays.load_array(path)
     return cxi.load(path, lazy=lazy)
