@@ -22,6 +22,7 @@ from diffrecon.data import (
     arrays,
     cxi,
     fpm,
+    simulate_bragg,  # noqa: F401  (registers the "bragg" simulator)
     simulate_fp,  # noqa: F401  (registers the "fourier_ptycho" simulator)
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
 )
@@ -150,6 +151,7 @@ def reconstruct(
         data = load(data, lazy=True)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
+    data = model_cls.prepare(data, run_config.model)
     with distributed.session(run_config.recon.distributed, run_config.recon.device) as comm:
         if comm.world_size > 1 and run_config.recon.starts > 1:
             raise ConfigError("recon.starts > 1 does not run distributed (torchrun); "
@@ -254,6 +256,13 @@ def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
     attrs.update({f"metric_{k}": float(v) for k, v in metrics.items()})
     groups = {"history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}}
     write_results(out / "reconstruction.h5", arrays, attrs, groups=groups)
+    if "lab_voxel_size_m" in arrays:  # lab-frame volumes (Bragg CDI): a ParaView descriptor
+        from diffrecon.data.xdmf import write_xdmf
+
+        grid = np.shape(arrays.get("strain", ()))
+        write_xdmf(out / "reconstruction.xdmf", "reconstruction.h5",
+                   {k: v for k, v in arrays.items() if v.shape == grid and v.dtype != bool},
+                   arrays["lab_voxel_size_m"], arrays["lab_origin_m"])
     if run_config.log.report:
         title = f"diffrecon {run_config.modality}: " + ", ".join(
             f"{k} {v:.3g}" for k, v in metrics.items())

@@ -28,6 +28,13 @@ MAX_PROBE_MODES = 4
 #: At most this many object slices get a phase panel.
 MAX_SLICES = 8
 COLUMNS = 4
+#: Lab-frame maps of a volume reconstruction (Bragg CDI): title, colour map, display scale.
+VOLUME_MAPS = {
+    "amplitude": ("amplitude (lab frame)", "gray", 1.0),
+    "phase": ("phase, ramp removed, unwrapped (rad)", "twilight", 1.0),
+    "displacement_m": ("displacement along Q (pm)", "coolwarm", 1e12),
+    "strain": ("strain along Q (1e-3)", "coolwarm", 1e3),
+}
 
 
 def complex_to_rgb(z: np.ndarray, *, amplitude_max: float | None = None) -> np.ndarray:
@@ -133,6 +140,33 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
         limits = _limits(phases, None if inside is None else np.broadcast_to(inside, phases.shape))
         panels += [(lambda ax, s=s: _slice(ax, phases[s], f"slice {s} phase (rad)", limits))
                    for s in range(min(obj.shape[0], MAX_SLICES))]
+    return panels
+
+
+def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
+    """The central (H, W), (D, W) and (D, H) slices of a (D, H, W) volume side by side, float64,
+    separated and padded by NaN (drawn blank)."""
+    d, h, w = volume.shape
+    cuts = [volume[d // 2], volume[:, h // 2], volume[:, :, w // 2]]
+    rows = max(cut.shape[0] for cut in cuts)
+    padded = [np.pad(np.asarray(cut, dtype=np.float64), ((0, rows - cut.shape[0]), (0, 1)),
+                     constant_values=np.nan) for cut in cuts]
+    return np.concatenate(padded, axis=1)[:, :-1]
+
+
+def _volume_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """Central orthogonal slices (z-, y- and x-normal) of a 3D reconstruction and its maps."""
+    panels: list[Panel] = []
+    if "object" in results:
+        obj = np.asarray(results["object"])
+        panels += [lambda ax: _image(ax, orthogonal_slices(np.abs(obj)), "object amplitude "
+                                     "(detector grid; 3 central slices)"),
+                   lambda ax: _image(ax, orthogonal_slices(np.angle(obj)), "object phase (rad)",
+                                     "twilight")]
+    for key, (title, cmap, scale) in VOLUME_MAPS.items():
+        if key in results and np.ndim(results[key]) == 3:
+            image = orthogonal_slices(np.asarray(results[key], dtype=np.float64) * scale)
+            panels.append(lambda ax, i=image, t=title, c=cmap: _image(ax, i, t, c))
     return panels
 
 
@@ -287,7 +321,10 @@ def save_report(
         path: output PNG file; written atomically (temp file in the same folder + ``os.replace``).
         results: numpy arrays; every key is optional.
             ``object`` complex (S, H, W) or (H, W): amplitude and phase of slice 0, and the phase
-            summed over slices when S > 1. ``illumination`` real (H, W): object panels are cropped
+            summed over slices when S > 1. With a 3D ``support`` the object is a volume
+            (D, H, W): it, the support, the pattern and any 3D ``VOLUME_MAPS`` (Bragg CDI
+            amplitude, phase, displacement, strain) are shown as three central slices.
+            ``illumination`` real (H, W): object panels are cropped
             to pixels lit above 1% of its max, and colour limits come from those pixels only.
             ``probe`` complex (M, h, w): up to 4 mode panels titled with their power share (%).
             Multislice: one phase panel per slice (at most 8, shared colour scale) and, with
@@ -303,7 +340,10 @@ def save_report(
         title: figure title.
     """
     panels: list[Panel] = []
-    if "object" in results:
+    volume = np.ndim(results.get("support", 0)) == 3  # a 3D CDI/Bragg volume, not slices
+    if volume:
+        panels += _volume_panels(results)
+    elif "object" in results:
         panels += _object_panels(results)
     if "probe" in results:
         panels += _probe_panels(results)
@@ -311,9 +351,11 @@ def save_report(
         panels.append(_aberration_panel(results))
     if "support" in results:
         support = np.asarray(results["support"], dtype=np.float64)
+        support = orthogonal_slices(support) if volume else support
         panels.append(lambda ax: _image(ax, support, "support", colorbar=False))
     if "pattern" in results:
         pattern = np.log10(1 + np.clip(np.asarray(results["pattern"], np.float64), 0, None))
+        pattern = orthogonal_slices(pattern) if pattern.ndim == 3 else pattern
         panels.append(lambda ax: _image(ax, pattern, "pattern log10(1 + counts)", "magma"))
     if "pupil" in results:
         pupil = complex_to_rgb(np.asarray(results["pupil"]))

@@ -1,6 +1,7 @@
 """Forward models, one modality per module, registered by name in ``models``."""
 
 from diffrecon.models import (  # noqa: F401  (register the modalities)
+    bragg,
     cdi,
     fourier_ptycho,
     multislice,
