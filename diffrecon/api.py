@@ -22,6 +22,7 @@ from diffrecon.data import (
     arrays,
     cxi,
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
+    simulate_tomo,  # noqa: F401  (registers the "ptycho_tomo" simulator)
 )
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches

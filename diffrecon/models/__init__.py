@@ -1,6 +1,7 @@
 """Forward models, one modality per module, registered by name in ``models``."""
 
-from diffrecon.models import cdi, multislice, ptycho  # noqa: F401  (register the modalities)
+# importing the modules registers the modalities
+from diffrecon.models import cdi, multislice, ptycho, ptycho_tomo  # noqa: F401
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 
 __all__ = ["ForwardModel", "ParamSpec", "models"]
