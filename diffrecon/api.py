@@ -241,6 +241,9 @@ def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(run_config))
+    if "atoms_xyz" in results:  # traced atoms (ptycho_tomo) as an XYZ file
+        results = dict(results)
+        (out / "atoms.xyz").write_text(results.pop("atoms_xyz"))
     arrays = {k: np.asarray(v) for k, v in results.items() if np.ndim(v) > 0}
     attrs: dict[str, Any] = {k: v for k, v in results.items() if np.ndim(v) == 0}
     for key in ("pixel_size_m", "origin_m"):

@@ -147,14 +147,19 @@ def match_atoms(found_m: np.ndarray, truth_m: np.ndarray, tolerance_m: float
     return match, distance
 
 
-def write_xyz(path: str | os.PathLike[str], positions_m: np.ndarray, elements: list[str],
-              comment: str = "") -> None:
-    """Write atoms as an XYZ file (x y z in angstrom; our (z, y, x) metres reordered)."""
+def xyz_text(positions_m: np.ndarray, elements: list[str], comment: str = "") -> str:
+    """Atoms as XYZ text: x y z in angstrom (our (z, y, x) metres reordered)."""
     lines = [str(len(elements)), comment.replace("\n", " ")]
     for element, (z, y, x) in zip(elements, np.asarray(positions_m) * 1e10, strict=True):
         lines.append(f"{element} {x:.4f} {y:.4f} {z:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_xyz(path: str | os.PathLike[str], positions_m: np.ndarray, elements: list[str],
+              comment: str = "") -> None:
+    """Write atoms as an XYZ file (:func:`xyz_text`)."""
     with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write(xyz_text(positions_m, elements, comment))
 
 
 def read_xyz(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:

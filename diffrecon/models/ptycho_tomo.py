@@ -16,8 +16,9 @@ probe handling and results); what is added are the per-tilt orientations ``tilts
 radians and in-plane shifts ``shifts`` (T, 2) voxels, both learnable.
 
 A common rotation (or shift) of all tilts is indistinguishable from a rotated (shifted)
-volume, so ``constrain`` keeps the mean correction of each at zero: refined angles are
-relative to the mean of the file's angles. Batches may mix tilts; the volume is rotated once
+volume, so while the volume is fitted ``constrain`` keeps the mean correction of each at
+zero: refined angles are relative to the mean of the file's angles (with a fixed, known
+volume the angles are absolute and no such gauge is imposed). Batches may mix tilts; the volume is rotated once
 per tilt present in a batch (``recon.sampler = "compact"`` groups a batch by tilt).
 """
 
@@ -33,6 +34,7 @@ from torch import nn
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import compact_batches
+from diffrecon.data.particles import trace_atoms, xyz_text
 from diffrecon.errors import DataFormatError
 from diffrecon.models.base import ParamSpec, models
 from diffrecon.models.multislice import Multislice, MultisliceConfig
@@ -50,6 +52,8 @@ Tensor = torch.Tensor
 class PtychoTomoConfig(MultisliceConfig):
     depth_px: int = doc(0, "volume depth D along the beam, voxels (0: the object width W)")
     positivity: bool = doc(True, "clamp the potential at >= 0 after each step")
+    atom_species: list[str] = doc(["Mo", "S"], "traced atoms: elements, strongest first")
+    atom_threshold: float = doc(0.2, "traced atoms: peaks above this fraction of the maximum")
 
 
 def tilt_groups(data: DiffractionData) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +81,12 @@ class PtychoTomo(Multislice):
 
     Config = PtychoTomoConfig
     alignment: ClassVar[dict[str, bool]] = {"remove_ramp": False}
-    run_defaults: ClassVar[dict[str, Any]] = {"recon": {"sampler": "compact"}}
+    #: batches of one tilt; an L1 prior on the potential: a constant potential inside the
+    #: volume is (nearly) invisible in the data and Adam's normalised steps would drift it
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "recon": {"sampler": "compact"},
+        "loss": {"regularizers": [{"name": "sparsity", "param": "object", "weight": 300.0}]},
+    }
 
     def set_tilt_series(self, angles_rad: Tensor, tilt_index: Tensor) -> None:
         """Install the per-tilt orientations (T, 3) and the tilt of each pattern (N,)."""
@@ -108,7 +117,7 @@ class PtychoTomo(Multislice):
 
     def param_specs(self) -> dict[str, ParamSpec]:
         specs = super().param_specs()
-        specs["object"] = ParamSpec(lr=0.01)
+        specs["object"] = ParamSpec(lr=3e-3)
         specs["tilts"] = ParamSpec(enabled=True, lr=2e-3, start=10)
         specs["shifts"] = ParamSpec(enabled=True, lr=0.05, start=10)
         specs["slice_thickness"] = ParamSpec(enabled=False, lr=0.0)
@@ -154,9 +163,10 @@ class PtychoTomo(Multislice):
     @torch.no_grad()
     def constrain(self) -> None:
         super().constrain()  # positivity of the potential, flux/background constraints
-        # gauge: a common rotation / shift of every tilt is a rotated / shifted volume
-        self.tilts.sub_((self.tilts - self.initial_tilts).mean(0, keepdim=True))
-        self.shifts.sub_(self.shifts.mean(0, keepdim=True))
+        if self.object.requires_grad:  # the volume is being fitted (the loop's plan says)
+            # gauge: a common rotation / shift of every tilt is a rotated / shifted volume
+            self.tilts.sub_((self.tilts - self.initial_tilts).mean(0, keepdim=True))
+            self.shifts.sub_(self.shifts.mean(0, keepdim=True))
 
     def comparable(self, array: np.ndarray) -> np.ndarray:
         return array
@@ -182,4 +192,10 @@ class PtychoTomo(Multislice):
             probe=self.current_probe().detach().cpu().numpy(),
             aberrations_m=self.aberration_coefficients().detach().double().cpu().numpy(),
         )
+        atoms, elements = trace_atoms(out["potential_v"], out["voxel_size_m"],
+                                      threshold=self.config.atom_threshold,
+                                      species=tuple(self.config.atom_species))
+        out["atoms_m"] = atoms
+        out["atoms_xyz"] = xyz_text(atoms, elements, "ptycho_tomo traced atoms (angstrom), "
+                                    "origin at the volume centre")
         return out
