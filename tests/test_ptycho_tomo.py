@@ -146,13 +146,13 @@ def test_tilt_angles_are_refined():
 def test_simulate_reconstruct_recovers_the_volume(tmp_path):
     data = simulate_tomo(tiny(seed=3))
     result = diffrecon.reconstruct(data, "ptycho_tomo", {
-        "model": {"depth_px": 16}, "recon": {"epochs": 12},
+        "model": {"depth_px": 16}, "recon": {"epochs": 20},
         "params": {"probe": {"enabled": False}}, "log": {"progress": False}}, out=tmp_path)
     truth = data.truth.object
     estimate = result.results["object"]
     # plain 3D NRMSE in physical units (no rescaling): the zero start scores 1
-    assert np.linalg.norm(estimate - truth) / np.linalg.norm(truth) < 0.6
-    assert result.metrics["nrmse"] < 0.6
+    assert np.linalg.norm(estimate - truth) / np.linalg.norm(truth) < 0.45
+    assert result.metrics["nrmse"] < 0.45
     assert result.history["loss/total"][-1] < 0.3 * result.history["loss/total"][0]
     positions, elements = read_xyz(tmp_path / "atoms.xyz")
     assert len(elements) == len(positions) > 0

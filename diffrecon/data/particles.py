@@ -59,7 +59,7 @@ def potential_volume(shape: tuple[int, int, int], voxel_m: float, positions_m: n
     return potential_grid(shape, (voxel_m,) * 3, origin, positions_m, elements, chunk=64)
 
 
-def trace_atoms(volume: np.ndarray, voxel_m: float, *, threshold: float = 0.3,
+def trace_atoms(volume: np.ndarray, voxel_m: float, *, threshold: float = 0.2,
                 min_distance_m: float = 1.5e-10,
                 species: tuple[str, ...] = ("Mo", "S")) -> tuple[np.ndarray, list[str]]:
     """Atoms found in a volume: local maxima refined to sub-voxel positions.

@@ -117,7 +117,7 @@ class PtychoTomo(Multislice):
 
     def param_specs(self) -> dict[str, ParamSpec]:
         specs = super().param_specs()
-        specs["object"] = ParamSpec(lr=3e-3)
+        specs["object"] = ParamSpec(lr=1e-2)
         specs["tilts"] = ParamSpec(enabled=True, lr=2e-3, start=10)
         specs["shifts"] = ParamSpec(enabled=True, lr=0.05, start=10)
         specs["slice_thickness"] = ParamSpec(enabled=False, lr=0.0)
