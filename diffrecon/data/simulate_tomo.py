@@ -45,6 +45,7 @@ class TomoSimulation(STEMScan):
     core_fraction: float = doc(0.6, "core radius / particle radius")
     jitter_m: float = doc(0.05e-10, "rms random displacement of the atoms, metres")
     depth_px: int = doc(0, "volume depth, voxels (0: the object width)")
+    padding_px: int = doc(8, "object margin around the scan, pixels (as the model's)")
 
 
 def tilt_angles(config: TomoSimulation) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +78,8 @@ def simulate_tomo(config: TomoSimulation) -> DiffractionData:
         scan, patterns=np.zeros((config.tilts * count, *scan.frame_shape), np.float32),
         positions_m=np.tile(scan.positions_m, (config.tilts, 1)),
         angles_rad=np.repeat(true, count, axis=0))
-    model = PtychoTomo.from_data(geometry, PtychoTomoConfig(depth_px=config.depth_px))
+    model = PtychoTomo.from_data(geometry, PtychoTomoConfig(depth_px=config.depth_px,
+                                                           padding_px=config.padding_px))
     atoms, elements = particle(config)
     voxel = config.pixel_size_m
     potential = potential_volume(tuple(model.object.shape), voxel, atoms, elements)

@@ -18,8 +18,9 @@ radians and in-plane shifts ``shifts`` (T, 2) voxels, both learnable.
 A common rotation (or shift) of all tilts is indistinguishable from a rotated (shifted)
 volume, so while the volume is fitted ``constrain`` keeps the mean correction of each at
 zero: refined angles are relative to the mean of the file's angles (with a fixed, known
-volume the angles are absolute and no such gauge is imposed). Batches may mix tilts; the volume is rotated once
-per tilt present in a batch (``recon.sampler = "compact"`` groups a batch by tilt).
+volume the angles are absolute and no such gauge is imposed). Batches may mix tilts; the
+volume is rotated once per tilt present in a batch (``recon.sampler = "compact"``, the
+default here, groups a batch by tilt).
 """
 
 from __future__ import annotations
