@@ -119,7 +119,7 @@ class PtychoTomo(Multislice):
     def param_specs(self) -> dict[str, ParamSpec]:
         specs = super().param_specs()
         specs["object"] = ParamSpec(lr=1e-2)
-        specs["tilts"] = ParamSpec(enabled=True, lr=2e-3, start=10)
+        specs["tilts"] = ParamSpec(enabled=True, lr=2e-3, start=5)
         specs["shifts"] = ParamSpec(enabled=True, lr=0.05, start=10)
         specs["slice_thickness"] = ParamSpec(enabled=False, lr=0.0)
         return specs
