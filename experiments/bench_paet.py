@@ -89,9 +89,9 @@ def joint(data: diffrecon.DiffractionData, settings: TomoSimulation, epochs: int
 def case_joint(epochs: int) -> dict[str, Any]:
     settings = scene()
     data = simulate_tomo(settings)
-    truth = np.asarray(data.truth.object)
+    truth = np.angle(data.truth.object)
     result, seconds = joint(data, settings, epochs, refine_angles=False)
-    out = {"joint": {**volume_scores(result.results["object"], settings, truth),
+    out = {"joint": {**volume_scores(result.results["phase"], settings, truth),
                      "seconds_per_epoch": seconds, "epochs": epochs}}
     start = time.perf_counter()
     baseline = two_step(data, {"model": {"padding_px": settings.padding_px, "positivity": True},
@@ -115,7 +115,7 @@ def case_angles(epochs: int) -> dict[str, Any]:
         return float(np.sqrt(np.mean((error - error.mean(0)) ** 2)))
 
     after = rms(result.results["tilts_rad"])
-    scores = volume_scores(result.results["object"], settings, np.asarray(data.truth.object))
+    scores = volume_scores(result.results["phase"], settings, np.angle(data.truth.object))
     return {"angle_error_before_deg": rms(recorded), "angle_error_after_deg": after,
             "target_met": after < 0.2, "seconds_per_epoch": seconds, "epochs": epochs,
             **scores}

@@ -7,7 +7,7 @@ whose potential volume is rotated and traversed slice by slice by the ``ptycho_t
 itself, one voxel per slice, on the reconstruction's own grid (no finer sampling, no thermal
 diffuse scattering, no partial coherence). Patterns are stored tilt after tilt; the file's
 angles may carry a random error (``angle_error_deg`` rms about each of y and x per tilt), the
-truth keeps the volume of phases per voxel (D, H, W).
+truth keeps the per-voxel transmission exp(i phi) (D, H, W) of the volume of phases phi.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def simulate_tomo(config: TomoSimulation) -> DiffractionData:
                     dose_total_e_per_A2=str(config.tilts * config.dose_e_per_A2),
                     angle_error_deg=str(config.angle_error_deg),
                     voxel_size_m=str(voxel))
-    truth = Truth(object=phase.astype(np.float32), probe=probe.numpy(),
+    truth = Truth(object=np.exp(1j * phase).astype(np.complex64), probe=probe.numpy(),
                   positions_m=geometry.positions_m, pixel_size_m=model.pixel_size_m,
                   origin_m=model.origin_m)
     assert math.isclose(model.pixel_size_m[1], voxel, rel_tol=1e-6)

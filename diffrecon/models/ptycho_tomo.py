@@ -75,7 +75,9 @@ def tilt_groups(data: DiffractionData) -> tuple[np.ndarray, np.ndarray]:
 class PtychoTomo(Multislice):
     """pAET; see the module docstring.
 
-    Parameters (canonical names): ``object`` (D, H, W) phase per voxel, radians; ``tilts``
+    Parameters (canonical names): ``object`` (D, H, W) phase per voxel, radians (``results``
+    gives it as ``phase``, its per-voxel transmission as ``object`` and the potential in
+    volts as ``potential_v``); ``tilts``
     (T, 3) orientation per tilt, radians; ``shifts`` (T, 2) in-plane shift per tilt, voxels;
     ``probe``, ``aberrations``, ``positions``, ``flux``, ``background`` as ``multislice``.
     """
@@ -183,8 +185,10 @@ class PtychoTomo(Multislice):
 
     def results(self) -> dict[str, Any]:
         out = super(Multislice, self).results()  # the ptycho scan outputs
+        phase = self.object.detach().cpu().numpy()
         out.update(
-            object=self.object.detach().cpu().numpy(),
+            object=np.exp(1j * phase).astype(np.complex64),  # per-voxel transmission
+            phase=phase,
             potential_v=self.potential_v(),
             voxel_size_m=float(self.slice_thickness.detach()[0]),
             tilts_rad=self.tilts.detach().double().cpu().numpy(),
