@@ -25,6 +25,7 @@ from diffrecon.data import (
     simulate_bragg,  # noqa: F401  (registers the "bragg" simulator)
     simulate_fp,  # noqa: F401  (registers the "fourier_ptycho" simulator)
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
+    simulate_tomo,  # noqa: F401  (registers the "ptycho_tomo" simulator)
 )
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
@@ -247,6 +248,9 @@ def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(run_config))
+    if "atoms_xyz" in results:  # traced atoms (ptycho_tomo) as an XYZ file
+        results = dict(results)
+        (out / "atoms.xyz").write_text(results.pop("atoms_xyz"))
     arrays = {k: np.asarray(v) for k, v in results.items() if np.ndim(v) > 0}
     attrs: dict[str, Any] = {k: v for k, v in results.items() if np.ndim(v) == 0}
     for key in ("pixel_size_m", "origin_m"):

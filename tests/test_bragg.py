@@ -20,7 +20,7 @@ from diffrecon.data.simulate_bragg import BraggSimulation, bragg_scene, simulate
 from diffrecon.errors import DataFormatError
 from diffrecon.losses.metrics import align
 from diffrecon.physics.fft import fftnc
-from diffrecon.physics.volume import (
+from diffrecon.physics.bragg import (
     BraggGeometry,
     centred_positions,
     lab_frame_maps,

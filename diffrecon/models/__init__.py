@@ -6,6 +6,7 @@ from diffrecon.models import (  # noqa: F401  (register the modalities)
     fourier_ptycho,
     multislice,
     ptycho,
+    ptycho_tomo,
 )
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 
