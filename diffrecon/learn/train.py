@@ -43,6 +43,7 @@ from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.physics.propagators import FarField
 from diffrecon.recon import distributed
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
+from diffrecon.runconfig import merge_tables
 from diffrecon.tracking import NullLogger, RunLogger
 
 Tensor = torch.Tensor
@@ -93,7 +94,8 @@ def load_train_config(source: str | Path | dict[str, Any] | TrainConfig | None =
     else:
         values = dict(source or {})
     cfg.apply_overrides(values, list(overrides))
-    return cfg.from_dict(TrainConfig, values)
+    # sections given in part keep the other defaults (e.g. the 32-pixel training frame)
+    return cfg.from_dict(TrainConfig, merge_tables(cfg.to_dict(TrainConfig()), values))
 
 
 @dataclasses.dataclass
