@@ -121,3 +121,11 @@ def without_torchvision_ops() -> None:
     """
     sys.modules.setdefault("torchvision._meta_registrations",
                            types.ModuleType("torchvision._meta_registrations"))
+
+
+def checkpoint(epoch: int, every: int, epochs: int, epoch_seconds: list[float],
+               budget_s: float) -> tuple[bool, bool]:
+    """After ``epoch`` (1-based): (take a snapshot?, stop?). A run stops after ``epochs``
+    epochs or once its timed epochs exceed ``budget_s``; its last epoch is always scored."""
+    stop = epoch >= epochs or sum(epoch_seconds) > budget_s
+    return epoch % every == 0 or stop, stop

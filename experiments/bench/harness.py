@@ -104,7 +104,8 @@ def peer_ratios(rows: Sequence[dict[str, Any]], ours: str = OURS) -> list[dict[s
 
 
 def _cell(value: Any, form: str) -> str:
-    return "-" if value is None else format(value, form)
+    width = int("".join(c for c in form.split(".")[0] if c.isdigit()) or 0)
+    return f"{'-':>{width}}" if value is None else format(value, form)
 
 
 def format_table(rows: Sequence[dict[str, Any]], target: float = TARGET_NRMSE) -> str:

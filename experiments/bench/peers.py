@@ -70,11 +70,12 @@ def ensure_venv(peer: Peer, timeout_s: float = 1800) -> str:
 
 
 def run_worker(peer: Peer, scan: Path, out: Path, epochs: int, every: int, threads: int,
-               timeout_s: float) -> str:
-    """Run the peer's worker; returns "" on success (``out`` written), else the reason."""
+               budget_s: float, timeout_s: float) -> str:
+    """Run the peer's worker for at most ``epochs`` epochs or ``budget_s`` seconds of them;
+    returns "" on success (``out`` written), else the reason."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [str(peer.python), str(peer.worker), str(scan), str(out), str(epochs),
-               str(every), str(threads)]
+               str(every), str(threads), str(budget_s)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                               env=env, cwd=out.parent)

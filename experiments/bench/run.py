@@ -101,7 +101,7 @@ def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float
     out = args.out / f"{name}.npz"
     out.unlink(missing_ok=True)
     reason = peers.run_worker(peer, scan, out, args.peer_epochs, args.every, args.threads,
-                              args.peer_timeout)
+                              args.peer_budget, args.peer_budget * 3 + 600)
     if reason:
         return harness.failed("ptycho", name, reason)
     runs = np.load(out)
@@ -182,7 +182,7 @@ def run_case_in_child(name: str, args: argparse.Namespace) -> list[dict[str, Any
     command = [sys.executable, __file__, "--child", name, "--out", str(args.out),
                "--scene", str(args.scene), "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--peer-epochs", str(args.peer_epochs),
-               "--every", str(args.every), "--peer-timeout", str(args.peer_timeout),
+               "--every", str(args.every), "--peer-budget", str(args.peer_budget),
                "--peers", *args.peers]
     done = subprocess.run(command)
     if done.returncode != 0 or not rows_file.exists():
@@ -201,7 +201,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60, help="diffrecon ptycho epochs")
     parser.add_argument("--peer-epochs", type=int, default=100)
     parser.add_argument("--every", type=int, default=5, help="epochs between scored snapshots")
-    parser.add_argument("--peer-timeout", type=float, default=1800.0)
+    parser.add_argument("--peer-budget", type=float, default=600.0,
+                        help="seconds of timed epochs after which a peer is stopped")
     parser.add_argument("--out", type=Path, default=EXPERIMENTS / "out" / "bench")
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()

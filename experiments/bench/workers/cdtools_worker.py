@@ -1,6 +1,8 @@
 """Run CDTools (cdtools-py) on the shared CXI file; executed inside its own virtual environment.
 
-    python cdtools_worker.py SCAN.cxi OUT.npz EPOCHS SNAPSHOT_EVERY THREADS
+    python cdtools_worker.py SCAN.cxi OUT.npz EPOCHS SNAPSHOT_EVERY THREADS BUDGET_S
+
+Stops after EPOCHS epochs or once the timed epochs exceed BUDGET_S seconds.
 
 Recipe (the package's FancyPtycho example): ``FancyPtycho.from_dataset`` (probe built by the
 package from the mean pattern), then an ``AdamReconstructor``: 50 epochs at lr 0.02 with
@@ -20,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import handoff  # noqa: E402
 
 
-def main(path: str, out: str, epochs: int, every: int, threads: int) -> None:
+def main(path: str, out: str, epochs: int, every: int, threads: int,
+         budget_s: float) -> None:
     import cdtools
     import torch
 
@@ -33,18 +36,18 @@ def main(path: str, out: str, epochs: int, every: int, threads: int) -> None:
     setup = time.perf_counter() - started
     stages = [(min(50, epochs), 0.02, 10), (max(0, epochs - 50), 0.005, 50)]
     objects, done, seconds = [], [], []
+    stop = False
     for count, lr, batch in stages:
-        if count == 0:
-            continue
-        steps = iter(recon.optimize(count, lr=lr, batch_size=batch))
-        while True:
+        steps = iter(recon.optimize(count, lr=lr, batch_size=batch)) if count else iter(())
+        while not stop:
             tick = time.perf_counter()
             try:
                 next(steps)
             except StopIteration:
                 break
             seconds.append(time.perf_counter() - tick)
-            if len(seconds) % every == 0 or len(seconds) == epochs:
+            snapshot, stop = handoff.checkpoint(len(seconds), every, epochs, seconds, budget_s)
+            if snapshot:
                 objects.append(model.obj.detach().cpu().numpy().copy())
                 done.append(len(seconds))
     pixel = float(abs(model.probe_basis.detach().cpu().numpy()[:, 1]).max())
@@ -53,4 +56,5 @@ def main(path: str, out: str, epochs: int, every: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+         float(sys.argv[6]))

@@ -1,6 +1,8 @@
 """Run pty-chi (ptychi) on the shared CXI file; executed inside its own virtual environment.
 
-    python ptychi_worker.py SCAN.cxi OUT.npz EPOCHS SNAPSHOT_EVERY THREADS
+    python ptychi_worker.py SCAN.cxi OUT.npz EPOCHS SNAPSHOT_EVERY THREADS BUDGET_S
+
+Stops after EPOCHS epochs or once the timed epochs exceed BUDGET_S seconds.
 
 Recipe (the package's LSQML tests and docs): ``LSQMLOptions`` with its default step sizes
 (object and probe 1, optimal-step scaler 0.9), Gaussian noise model, minibatches of 96,
@@ -21,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import handoff  # noqa: E402
 
 
-def main(path: str, out: str, epochs: int, every: int, threads: int) -> None:
+def main(path: str, out: str, epochs: int, every: int, threads: int,
+         budget_s: float) -> None:
     handoff.without_torchvision_ops()
     import numpy as np
     import ptychi.api as api
@@ -56,14 +59,18 @@ def main(path: str, out: str, epochs: int, every: int, threads: int) -> None:
         tick = time.perf_counter()
         task.run(1)
         seconds.append(time.perf_counter() - tick)
-        if epoch % every == 0 or epoch == epochs:
+        snapshot, stop = handoff.checkpoint(epoch, every, epochs, seconds, budget_s)
+        if snapshot:
             obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
             objects.append(obj.reshape(-1, *obj.shape[-2:])[0].copy())
             done.append(epoch)
+        if stop:
+            break
     handoff.save_snapshots(out, objects, done, seconds, setup, handoff.peak_mb() - base,
                            scan.object_pixel_m,
                            note="LSQML defaults, batch 96, mean-pattern probe start")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+         float(sys.argv[6]))
