@@ -49,11 +49,11 @@ def phase_nrmse(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> fl
     return float(np.linalg.norm(difference) / np.linalg.norm(reference - reference.mean()))
 
 
-def run(data: DiffractionData, config: Path | dict, overrides: list[str]
-        ) -> tuple[Result, float]:
-    """A reconstruction and its seconds per epoch."""
+def run(data: DiffractionData, config: Path | dict, overrides: list[str],
+        quiet: list[str] = QUIET) -> tuple[Result, float]:
+    """A reconstruction and its seconds per epoch (``quiet``: the logging overrides)."""
     start = time.perf_counter()
-    result = diffrecon.reconstruct(data, "multislice", config, overrides=[*overrides, *QUIET])
+    result = diffrecon.reconstruct(data, "multislice", config, overrides=[*overrides, *quiet])
     seconds = (time.perf_counter() - start) / len(result.history["loss/total"])
     return result, seconds
 
