@@ -91,7 +91,7 @@ class PeerOptions:
 
     names: list[str]
     ptyrad_python: Path
-    iterations: int
+    iterations: int | None  # None: as many as our epochs
     threads: int
 
 
@@ -140,8 +140,8 @@ def run_peers(options: PeerOptions, data: DiffractionData, result: Result, slice
               thickness_m: float, score: Callable[[np.ndarray, np.ndarray], dict]) -> dict:
     """Each peer on ``data``: seconds per iteration, load average, and ``score(phase, amplitude)``
     of its slices (S, H, W) cut onto our object grid."""
-    handoff = with_ptyrad_layout(handoff_for(data, result, slices, thickness_m,
-                                             options.iterations))
+    iterations = options.iterations or len(result.history["loss/total"])
+    handoff = with_ptyrad_layout(handoff_for(data, result, slices, thickness_m, iterations))
     shape = tuple(result.model.object.shape[-2:])
     table = {}
     for name in options.names:
@@ -282,8 +282,8 @@ def main() -> None:
                         default=Path(os.environ.get("PTYRAD_PYTHON",
                                                     "/work/venvs/ptyrad/bin/python")),
                         help="the Python of PtyRAD's virtual environment")
-    parser.add_argument("--peer-iterations", type=int, default=200,
-                        help="peer iterations (PtyRAD's templates: 200)")
+    parser.add_argument("--peer-iterations", type=int, default=None,
+                        help="peer iterations (default: our epochs; PtyRAD's templates: 200)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peers = PeerOptions(args.peers, args.ptyrad_python, args.peer_iterations,

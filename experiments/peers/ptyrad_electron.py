@@ -91,6 +91,7 @@ def run(handoff_path: Path, result_path: Path, threads: int, probe_modes: int,
     import torch
     import yaml
     from ptyrad.params import load_params
+    from ptyrad.params.ptyrad_params import PtyRADParams
     from ptyrad.solver import PtyRADSolver
 
     torch.set_num_threads(threads)
@@ -100,8 +101,11 @@ def run(handoff_path: Path, result_path: Path, threads: int, probe_modes: int,
     params = ptyrad_params(handoff, handoff_path, workdir, probe_modes, iterations)
     params_path = workdir / "ptyrad_params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    params = load_params(str(params_path), validate=True)
+    # PtyRAD's loader normalises the file; its validator (defaults, checks) needs the positions
+    params = load_params(str(params_path), validate=False)
     params["init_params"]["pos_params"] = np.asarray(handoff.ptyrad_corners_px, np.float64)
+    params.pop("params_path", None)
+    params = {**PtyRADParams(**params).model_dump(), "params_path": str(params_path)}
     load_before = os.getloadavg()
     solver = PtyRADSolver(params, device="cpu", seed=0, acc=None)
     solver.run()
