@@ -58,6 +58,8 @@ def ptyrad_canvas(positions_px: np.ndarray, frame_px: int) -> tuple[np.ndarray, 
     PtyRAD sizes its object as 1.2 x (scan span + probe window), rounded up, and places the
     probe window of the mean scan position so that its centre lands on the canvas centre
     (``extent // 2``); corners are then ``positions_px - mean + extent // 2 - frame // 2``.
+    (PtyRAD sizes its canvas after jittering the positions, so its own may be a pixel or two
+    larger; only the corners, which it takes as given, fix the registration.)
 
     Args:
         positions_px: probe centres (N, 2), (y, x), pixels (any origin).

@@ -3,6 +3,17 @@
     /work/venvs/ptyrad/bin/python experiments/peers/ptyrad_electron.py HANDOFF.h5 RESULT.h5 \
         [--threads 2] [--probe-modes 6] [--iterations N] [--workdir DIR]
 
+The environment (outside git; ``bench_electron.py --ptyrad-python`` points at it):
+
+    python3.12 -m venv /work/venvs/ptyrad
+    /work/venvs/ptyrad/bin/pip install ptyrad==1.0.0 torch==2.13.0 h5py pyyaml
+
+Python >= 3.12 is needed although PtyRAD 1.0.0 declares >= 3.10: its plotting/basic.py uses a
+Python 3.12 f-string (nested quotes), a SyntaxError on import under 3.11. PyPI's torch (a CUDA
+build that runs on the CPU) is needed too: PyPI's torchvision 0.28.0, which PtyRAD imports,
+links libtorch_cuda.so and fails to load against a ``+cpu`` torch ("operator torchvision::nms
+does not exist").
+
 Settings are those of PtyRAD 1.0.0's "standard" params template (its recommended starting
 point): Adam, batches of 32 random patterns, amplitude likelihood (``loss_single``,
 dp_pow 0.5), learning rates 5e-4 (object amplitude, phase, positions) and 1e-4 (probe), mixed
