@@ -19,7 +19,6 @@ from diffrecon.data.results import read_results
 from diffrecon.data.simulate_bragg import BraggSimulation, bragg_scene, simulate_bragg
 from diffrecon.errors import DataFormatError
 from diffrecon.losses.metrics import align
-from diffrecon.physics.fft import fftnc
 from diffrecon.physics.bragg import (
     BraggGeometry,
     centred_positions,
@@ -28,6 +27,7 @@ from diffrecon.physics.bragg import (
     strain_along,
     unwrap_phase,
 )
+from diffrecon.physics.fft import fftnc
 
 QUIET = ["log.progress=false", "log.tensorboard=false"]
 GEOMETRY = BraggGeometry(wavelength_m=1.3776e-10, distance_m=1.0, pixel_size_m=(55e-6, 75e-6),
