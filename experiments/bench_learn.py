@@ -39,6 +39,7 @@ from diffrecon.learn.infer import infer_scan, scan_patches
 from diffrecon.learn.train import TrainedNet, load_network, load_train_config, train
 from diffrecon.losses.metrics import align
 from diffrecon.models.ptycho import Ptycho
+from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import overlap_crop, truth_evaluator
 
 HERE = Path(__file__).parent
@@ -105,6 +106,12 @@ def main() -> None:
                               "final_validation_loss": run.history["loss/validation"][-1]}
     else:
         trained = load_network(args.model)
+        state = load_checkpoint(Path(args.model).parent / "checkpoint.pt")
+        report["training"] = {"seconds": state.get("seconds"), "epochs": state["epoch"],
+                              "final_train_loss": state["history"]["loss/train"][-1],
+                              "final_validation_loss": state["history"]["loss/validation"][-1]}
+    report["training"]["config"] = str(CONFIG.relative_to(HERE.parent))
+    print("training:", report["training"])
     config = load_train_config(CONFIG)
     held_out = dataclasses.replace(config.simulation, seed=123, scan_points=100)
     data = simulate_ptycho(held_out)

@@ -295,7 +295,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                     save_checkpoint(out_dir / "checkpoint.pt", {
                         "net": trained.net.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "scale": trained.scale,
-                        "history": history, "epoch": epoch + 1})
+                        "history": history, "epoch": epoch + 1,
+                        "seconds": time.perf_counter() - start})
                     trained.save(out_dir / "model.pt")
                 log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}"
                                                           for k, v in record.items()))
