@@ -2,6 +2,7 @@
 
     python experiments/bench_learn.py                       # train, then every check
     python experiments/bench_learn.py --model DIR/model.pt  # reuse a trained network
+    python experiments/bench_learn.py --priors-only --epochs 30  # RED and deep image prior
 
 1. Train the network of ``experiments/configs/learn_ptycho.toml`` (smooth, polygon/ellipse,
    Voronoi and 1/f objects; time-limited) and record the training time.
@@ -17,7 +18,8 @@
    again. Its one hyperparameter, the number of steps (an early stop), is chosen on a separate
    validation scan with truth.
 5. Throughput: patterns per second through the network vs. the iterative solver (per epoch).
-Results go to experiments/out/bench_learn.json.
+6. (--priors-only) RED and deep image prior on a low-dose copy of the held-out scan.
+Results go to experiments/out/bench_learn.json (bench_learn_priors.json).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ import diffrecon
 from diffrecon.data.simulate import simulate_ptycho
 from diffrecon.learn.finetune import finetune_scan
 from diffrecon.learn.infer import infer_scan, scan_patches
+from diffrecon.learn.priors import fit_deep_image_prior, register_red, train_denoiser
 from diffrecon.learn.train import TrainedNet, load_network, load_train_config, train
 from diffrecon.losses.metrics import align
-from diffrecon.models.ptycho import Ptycho
+from diffrecon.models.ptycho import Ptycho, PtychoConfig
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import overlap_crop, truth_evaluator
 
@@ -87,16 +90,51 @@ def network_rate(trained: TrainedNet, counts: torch.Tensor, repeats: int = 3) ->
     return counts.shape[0] / best
 
 
+def priors(held_out: Any, objects: Any, epochs: int) -> dict[str, Any]:
+    """Learned priors on a low-dose (1e3 photons per pattern) copy of the held-out scan, known
+    probe: ``epochs`` iterative epochs without and with the RED regularizer (denoiser trained
+    on the training object classes, sigma 0.1, several weights), and a deep-image-prior fit
+    of the same number of epochs."""
+    data = simulate_ptycho(dataclasses.replace(held_out, photons_per_pattern=1e3))
+    data = dataclasses.replace(data, probe_guess=data.truth.probe)
+    start = time.perf_counter()
+    denoiser = train_denoiser(objects, sigma=0.1, steps=400, batch_size=8, lr=3e-3).denoiser
+    out: dict[str, Any] = {"photons_per_pattern": 1e3, "denoiser_seconds":
+                           time.perf_counter() - start}
+    register_red(denoiser, "red")
+    for weight in (0.0, 0.1, 1.0, 10.0):
+        extra = ([f'loss.regularizers=[{{name = "red", param = "object", weight = {weight}}}]']
+                 if weight else [])
+        result = diffrecon.reconstruct(data, "ptycho", overrides=[
+            f"recon.epochs={epochs}", *QUIET, *extra])
+        out[f"red_weight_{weight:g}"] = errors(result.model, data)["nrmse"]
+    model = Ptycho.from_data(data, PtychoConfig())
+    start = time.perf_counter()
+    fit_deep_image_prior(model, data, epochs=epochs, batch_size=20, lr=1e-2)
+    out["deep_image_prior"] = {"nrmse": errors(model, data)["nrmse"],
+                               "seconds": time.perf_counter() - start}
+    print("priors:", out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="reuse this model.pt (skip training)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--priors-only", action="store_true",
+                        help="only the learned-prior case (RED, deep image prior)")
     parser.add_argument("--epochs", type=int, default=20, help="iterative epochs to compare")
     parser.add_argument("--finetune-steps", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--finetune-lr", type=float, default=3e-6, help="SGD step size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
+    config = load_train_config(CONFIG)
+    held_out = dataclasses.replace(config.simulation, seed=123, scan_points=100)
+    if args.priors_only:
+        (OUT / "bench_learn_priors.json").write_text(json.dumps(
+            priors(held_out, config.objects, args.epochs), indent=2))
+        return
     report: dict[str, Any] = {"threads": args.threads}
     if args.model is None:
         run = train(CONFIG, out=OUT / "learn_net")
@@ -112,8 +150,6 @@ def main() -> None:
                               "final_validation_loss": state["history"]["loss/validation"][-1]}
     report["training"]["config"] = str(CONFIG.relative_to(HERE.parent))
     print("training:", report["training"])
-    config = load_train_config(CONFIG)
-    held_out = dataclasses.replace(config.simulation, seed=123, scan_points=100)
     data = simulate_ptycho(held_out)
     inference = infer_scan(data, trained)
     report["network"] = errors(inference.model, data)
