@@ -150,7 +150,7 @@ def test_tiny_network_overfits_tiny_set():
     simulator = _simulator(patterns_per_chunk=4)
     chunk = simulator.chunk(0)
     config = load_train_config(TINY, ["net.width=8", "train.physics_weight=0",
-                                      "train.epochs=200", "train.batch_size=4",
+                                      "train.epochs=150", "train.batch_size=4",
                                       "train.lr=3e-3", "train.seed=1"])
     run = train(config, data=chunk)
     losses = run.history["loss/train"]
@@ -202,7 +202,7 @@ def test_train_and_infer_from_the_command_line(tmp_path, capsys):
     assert main(["infer", str(tmp_path / "net" / "model.pt"), str(tmp_path / "scan.cxi"),
                  "--out", str(tmp_path / "inf"), "--refine", "2", "-q"]) == 0
     assert (tmp_path / "inf" / "reconstruction.h5").exists()
-    result = diffrecon.infer(tmp_path / "net" / "model.pt", tmp_path / "scan.cxi")
+    result = diffrecon.infer(tmp_path / "net" / "model.pt", tmp_path / "scan.cxi", finetune=2)
     assert result.results["object"].shape == result.model.object.shape
     assert np.isfinite(result.metrics["nrmse"])
     assert main(["infer", str(tmp_path / "net" / "model.pt"), str(tmp_path / "scan.cxi"),
