@@ -109,7 +109,10 @@ class RedPrior:
     """The RED penalty of a denoiser, a regularizer ``penalty(field) -> scalar``.
 
     Its gradient is x - D(x) by construction (RED's gradient rule), not the autograd
-    derivative of the penalty, which would need the denoiser's Jacobian.
+    derivative of the penalty, which would need the denoiser's Jacobian. Bound the object's
+    amplitude when using it (``model.object_amplitude_max``): where no data constrain the
+    object (the scan's margin) RED alone drives it to the denoiser's fixed points, which lie
+    outside its training range.
     """
 
     def __init__(self, denoiser: Denoiser) -> None:

@@ -309,6 +309,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                            {k: v[-1] for k, v in history.items() if v})
         finally:
             logger.close()
+        if comm.world_size > 1:  # leave together: rank 0 may still be writing its files
+            torch.distributed.barrier()
         trained.net.eval()
         trained.probe = trained.probe.cpu()
         return TrainResult(trained, history, seconds, out_dir)
