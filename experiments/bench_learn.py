@@ -101,10 +101,12 @@ def priors(held_out: Any, objects: Any, epochs: int) -> dict[str, Any]:
     denoiser = train_denoiser(objects, sigma=0.1, steps=400, batch_size=8, lr=3e-3).denoiser
     out: dict[str, Any] = {"photons_per_pattern": 1e3, "denoiser_seconds":
                            time.perf_counter() - start}
-    register_red(denoiser, "red")
-    # |O| <= 1 (a passive sample) in every run: without it RED drives the unilluminated
-    # margin, where no data constrain the object, to the denoiser's out-of-range fixed points
-    for weight in (0.0, 0.03, 0.1, 0.3):
+    # RED acts where the scan illuminates the object (normalised illumination as weights):
+    # elsewhere no data hold the object and RED alone drives it out of the denoiser's range
+    illumination = Ptycho.from_data(data, PtychoConfig()).illumination()
+    register_red(denoiser, "red", weights=(illumination / illumination.max())[None])
+    # |O| <= 1 (a passive sample) in every run
+    for weight in (0.0, 0.3, 1.0, 3.0, 10.0):
         extra = ([f'loss.regularizers=[{{name = "red", param = "object", weight = {weight}}}]']
                  if weight else [])
         result = diffrecon.reconstruct(data, "ptycho", overrides=[

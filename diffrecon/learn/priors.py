@@ -93,42 +93,51 @@ def train_denoiser(objects: ObjectSpec, *, sigma: float = 0.1, size_px: int = 32
 
 class _RedPenalty(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, field: Tensor, denoiser: Denoiser) -> Tensor:
+    def forward(ctx, field: Tensor, denoiser: Denoiser, weights: Tensor | None) -> Tensor:
         with torch.no_grad():
             residual = field - denoiser(field)
+            if weights is not None:
+                residual = weights * residual
         ctx.save_for_backward(residual)
         return 0.5 * (field.conj() * residual).real.sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (residual,) = ctx.saved_tensors
-        return grad * residual, None
+        return grad * residual, None, None
 
 
 class RedPrior:
     """The RED penalty of a denoiser, a regularizer ``penalty(field) -> scalar``.
 
-    Its gradient is x - D(x) by construction (RED's gradient rule), not the autograd
-    derivative of the penalty, which would need the denoiser's Jacobian. Bound the object's
-    amplitude when using it (``model.object_amplitude_max``): where no data constrain the
-    object (the scan's margin) RED alone drives it to the denoiser's fixed points, which lie
-    outside its training range.
+    Its gradient is w (x - D(x)) by construction (RED's gradient rule), not the autograd
+    derivative of the penalty, which would need the denoiser's Jacobian.
+
+    Args:
+        denoiser: a trained :class:`Denoiser`.
+        weights: optional real map broadcastable to the field, e.g. the normalised
+            illumination of a scan: where no data constrain the object (the scan's margin)
+            RED alone would drive it to the denoiser's fixed points, outside its training
+            range, and spoil alignment-based comparisons.
     """
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    def __init__(self, denoiser: Denoiser, weights: Tensor | None = None) -> None:
         self.denoiser = denoiser.eval()
+        self.weights = weights
         for parameter in self.denoiser.parameters():
             parameter.requires_grad_(False)
 
     def __call__(self, field: Tensor) -> Tensor:
         self.denoiser.to(field.device)
-        return _RedPenalty.apply(field, self.denoiser)
+        weights = None if self.weights is None else self.weights.to(field.device)
+        return _RedPenalty.apply(field, self.denoiser, weights)
 
 
-def register_red(denoiser: Denoiser, name: str = "red") -> RedPrior:
-    """Register the RED prior of ``denoiser`` as regularizer ``name`` (usable in
-    ``loss.regularizers``: ``{name = "red", param = "object", weight = ...}``)."""
-    prior = RedPrior(denoiser)
+def register_red(denoiser: Denoiser, name: str = "red",
+                 weights: Tensor | None = None) -> RedPrior:
+    """Register the RED prior of ``denoiser`` (optionally weighted, see :class:`RedPrior`) as
+    regularizer ``name`` (``loss.regularizers = [{name = "red", param = "object", ...}]``)."""
+    prior = RedPrior(denoiser, weights)
     regularizers.register(name)(prior)
     return prior
 

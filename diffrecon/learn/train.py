@@ -15,6 +15,7 @@ gradient of the whole minibatch. Only rank 0 logs and writes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -92,7 +93,7 @@ def load_train_config(source: str | Path | dict[str, Any] | TrainConfig | None =
     elif isinstance(source, (str, Path)):
         values = cfg.load_toml(source)
     else:
-        values = dict(source or {})
+        values = copy.deepcopy(source or {})  # overrides edit nested tables in place
     cfg.apply_overrides(values, list(overrides))
     # sections given in part keep the other defaults (e.g. the 32-pixel training frame)
     return cfg.from_dict(TrainConfig, merge_tables(cfg.to_dict(TrainConfig()), values))
