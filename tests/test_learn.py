@@ -246,3 +246,20 @@ def test_deep_image_prior_object_is_the_network_output():
         torch.testing.assert_close(model.object, fit.prior())
     assert torch.equal(model.probe, probe)
     assert fit.losses[-1] < fit.losses[0]
+
+
+def test_resume_equals_an_uninterrupted_run_and_tensorboard_has_the_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    whole = train(TINY, out=tmp_path / "whole")
+    train(TINY, out=tmp_path / "split", overrides=["train.epochs=1"])
+    resumed = train(TINY, out=tmp_path / "split", resume=True)
+    assert resumed.history["loss/train"] == pytest.approx(whole.history["loss/train"], 1e-6)
+    for key, value in whole.trained.net.state_dict().items():
+        torch.testing.assert_close(resumed.trained.net.state_dict()[key], value)
+    events = EventAccumulator(str(tmp_path / "whole" / "tensorboard"),
+                              size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"loss/train", "loss/validation", "loss/train/physics"} <= scalars
+    assert {"images/input", "images/prediction/phase", "images/truth/amplitude"} <= images

@@ -259,8 +259,10 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
         if comm.world_size > 1:
             model = nn.parallel.DistributedDataParallel(trained.net)
         optimizer = torch.optim.Adam(trained.net.parameters(), lr=fit.lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * e / fit.epochs)))
+        def cosine(epoch: int) -> float:
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / fit.epochs))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         out_dir = Path(out) if out is not None and comm.is_main else None
         history: dict[str, list[float]] = {}
         first = 0
@@ -270,6 +272,9 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             trained.scale, history, first = state["scale"], state["history"], state["epoch"]
+            # the run may have been extended (more epochs): the step size follows the new plan
+            for group, base in zip(optimizer.param_groups, schedule.base_lrs, strict=True):
+                group["lr"] = base * cosine(first)
         logger = RunLogger(out_dir / "tensorboard") if out_dir is not None else NullLogger()
         if out_dir is not None:
             (out_dir / "config.toml").write_text(cfg.to_toml(config))
