@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True, help="run folder")
     inf.add_argument("--refine", type=int, default=0, metavar="N",
                      help="then N epochs of the iterative solver from the network's result")
+    inf.add_argument("--finetune", type=int, default=0, metavar="N",
+                     help="first N self-supervised fine-tuning steps on these patterns")
     inf.add_argument("--config", default=None, help="run configuration TOML of the refinement")
     inf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
 
@@ -135,7 +137,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "infer":
         start = time.perf_counter()
         result = api_infer(args.model, args.data, out=args.out, refine=args.refine,
-                           config=args.config, overrides=list(args.overrides) + quiet)
+                           finetune=args.finetune, config=args.config,
+                           overrides=list(args.overrides) + quiet)
         if args.refine:
             print(_summary(result, time.perf_counter() - start))
         else:

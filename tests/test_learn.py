@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_tiny_network_overfits_tiny_set():
     simulator = _simulator(patterns_per_chunk=4)
     chunk = simulator.chunk(0)
     config = load_train_config(TINY, ["net.width=8", "train.physics_weight=0",
-                                      "train.epochs=200", "train.batch_size=4",
+                                      "train.epochs=150", "train.batch_size=4",
                                       "train.lr=3e-3", "train.seed=1"])
     run = train(config, data=chunk)
     losses = run.history["loss/train"]
@@ -179,10 +180,12 @@ def test_two_ddp_processes_equal_one_process(tmp_path):
     expected = np.asarray(single.history["loss/train"])
     for rank in ranks:
         np.testing.assert_allclose(rank["loss"], expected, rtol=1e-5)
-        # Adam divides by sqrt(v): elements whose gradient is ~0 move by up to ~lr on float
-        # summation-order noise, so the weights agree to a fraction of one step (lr = 1e-3)
+        # Adam divides by sqrt(v): a weight whose gradient is ~0 can move by up to ~lr on
+        # float summation-order noise, so single weights may differ by a fraction of a step;
+        # each tensor as a whole agrees closely
         for key, value in single.trained.net.state_dict().items():
-            np.testing.assert_allclose(rank[key], value.numpy(), rtol=0, atol=5e-4)
+            error = np.linalg.norm(rank[key] - value.numpy()) / np.linalg.norm(value.numpy())
+            assert error < 1e-3, (key, error)
     assert (tmp_path / "run" / "model.pt").exists()  # rank 0 wrote the run folder
 
 
@@ -199,7 +202,7 @@ def test_train_and_infer_from_the_command_line(tmp_path, capsys):
     assert main(["infer", str(tmp_path / "net" / "model.pt"), str(tmp_path / "scan.cxi"),
                  "--out", str(tmp_path / "inf"), "--refine", "2", "-q"]) == 0
     assert (tmp_path / "inf" / "reconstruction.h5").exists()
-    result = diffrecon.infer(tmp_path / "net" / "model.pt", tmp_path / "scan.cxi")
+    result = diffrecon.infer(tmp_path / "net" / "model.pt", tmp_path / "scan.cxi", finetune=2)
     assert result.results["object"].shape == result.model.object.shape
     assert np.isfinite(result.metrics["nrmse"])
     assert main(["infer", str(tmp_path / "net" / "model.pt"), str(tmp_path / "scan.cxi"),
@@ -208,3 +211,55 @@ def test_train_and_infer_from_the_command_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="expected shape"):
         diffrecon.reconstruct(data, overrides=["recon.epochs=1"],
                               initial={"object": np.ones((1, 3, 3), np.complex64)})
+
+
+def test_red_gradient_is_the_denoiser_residual_and_works_as_a_regularizer():
+    from diffrecon.learn.priors import Denoiser, RedPrior, register_red
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(width=4, depth=2)
+    field = torch.randn(1, 10, 14, dtype=torch.complex64, requires_grad=True)
+    RedPrior(denoiser)(field).backward()
+    with torch.no_grad():
+        expected = field - denoiser(field)
+    torch.testing.assert_close(field.grad, expected)
+    register_red(denoiser, name="red_test")
+    data = simulate_ptycho(PtychoSimulation(**{**SIMULATION, "probe": ProbeSpec(
+        kind="gaussian", size_px=6.0)}))
+    data = dataclasses.replace(data, probe_guess=data.truth.probe)  # no probe trials (speed)
+    result = diffrecon.reconstruct(data, overrides=[
+        "recon.epochs=2", "log.progress=false",
+        'loss.regularizers=[{name = "red_test", param = "object", weight = 1.0}]'])
+    assert len(result.history["loss/red_test"]) == 2
+
+
+def test_deep_image_prior_object_is_the_network_output():
+    from diffrecon.learn.priors import fit_deep_image_prior
+
+    data = simulate_ptycho(PtychoSimulation(**{**SIMULATION, "scan_points": 12, "probe":
+                                               ProbeSpec(kind="gaussian", size_px=6.0)}))
+    model = Ptycho.from_data(dataclasses.replace(data, probe_guess=data.truth.probe),
+                             PtychoConfig())
+    probe = model.probe.detach().clone()
+    fit = fit_deep_image_prior(model, data, epochs=3, batch_size=6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.object, fit.prior())
+    assert torch.equal(model.probe, probe)
+    assert fit.losses[-1] < fit.losses[0]
+
+
+def test_resume_equals_an_uninterrupted_run_and_tensorboard_has_the_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    whole = train(TINY, out=tmp_path / "whole")
+    train(TINY, out=tmp_path / "split", overrides=["train.epochs=1"])
+    resumed = train(TINY, out=tmp_path / "split", resume=True)
+    assert resumed.history["loss/train"] == pytest.approx(whole.history["loss/train"], 1e-6)
+    for key, value in whole.trained.net.state_dict().items():
+        torch.testing.assert_close(resumed.trained.net.state_dict()[key], value)
+    events = EventAccumulator(str(tmp_path / "whole" / "tensorboard"),
+                              size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"loss/train", "loss/validation", "loss/train/physics"} <= scalars
+    assert {"images/input", "images/prediction/phase", "images/truth/amplitude"} <= images

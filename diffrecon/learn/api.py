@@ -15,6 +15,7 @@ import numpy as np
 from diffrecon import api
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.results import write_results
+from diffrecon.learn.finetune import finetune_scan
 from diffrecon.learn.infer import infer_scan
 from diffrecon.learn.train import TrainConfig, TrainedNet, TrainResult, load_network
 from diffrecon.learn.train import train as _train
@@ -29,8 +30,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
 
 
 def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, *,
-          out: str | Path | None = None, refine: int = 0,
-          config: str | Path | dict[str, Any] | None = None,
+          out: str | Path | None = None, refine: int = 0, finetune: int = 0,
+          finetune_lr: float = 3e-6, config: str | Path | dict[str, Any] | None = None,
           overrides: list[str] | tuple[str, ...] = ()) -> api.Result:
     """Predict every pattern of a ptychographic scan, stitch, optionally refine iteratively.
 
@@ -41,6 +42,8 @@ def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, 
             ``patches``; with ``refine`` the iterative run's full folder).
         refine: continue with this many epochs of the iterative solver (``reconstruct``) from
             the network's object and probe.
+        finetune: first fine-tune (a copy of) the network on these patterns for this many
+            steps, self-supervised (``learn.finetune``; no truth used), at ``finetune_lr``.
         config, overrides: run configuration of the refinement (as for ``reconstruct``).
 
     Returns:
@@ -49,6 +52,8 @@ def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, 
     trained = network if isinstance(network, TrainedNet) else load_network(network)
     if not isinstance(data, DiffractionData):
         data = api.load(data)
+    if finetune > 0:
+        trained = finetune_scan(trained, data, steps=finetune, lr=finetune_lr).trained
     inference = infer_scan(data, trained)
     if refine > 0:
         return api.reconstruct(data, "ptycho", config, out=out,

@@ -57,6 +57,34 @@ def synchronise_phases(patches: Tensor, weights: Tensor, corners: Tensor,
     return factors
 
 
+def blend(patches: Tensor, weights: Tensor, factors: Tensor, corners: Tensor,
+          object_shape: tuple[int, int], blank_weight: float = 1e-3) -> Tensor:
+    """Weighted average (H, W) of phase-corrected ``patches``; differentiable in ``patches``.
+
+    Args:
+        patches: (N, h, w) complex object windows.
+        weights: (N, h, w) real probe intensities.
+        factors: (N,) unit phase factors (from :func:`synchronise_phases`).
+        corners: (N, 2) integer window corners in object pixels.
+        object_shape: (H, W).
+        blank_weight: weight (relative to the largest summed weight) of the blank (1)
+            transmission assumed where nothing was illuminated.
+    """
+    numerator = insert_patches(factors[:, None, None] * weights * patches, corners, object_shape)
+    denominator = insert_patches(weights.to(patches.real.dtype), corners, object_shape)
+    eps = blank_weight * float(denominator.max())
+    return (numerator + eps) / (denominator + eps)
+
+
+@torch.no_grad()
+def global_factors(patches: Tensor, weights: Tensor, corners: Tensor,
+                   object_shape: tuple[int, int]) -> Tensor:
+    """Synchronised phase factors (N,) with one global phase fixed: the weighted mean of the
+    stitched object is real, as it is for the blank (1) transmission blended in around it."""
+    factors = synchronise_phases(patches, weights, corners, object_shape)
+    return factors * _unit((factors[:, None, None] * weights * patches).sum()).conj()
+
+
 @torch.no_grad()
 def stitch(patches: Tensor, weights: Tensor, corners: Tensor, object_shape: tuple[int, int],
            blank_weight: float = 1e-3) -> Tensor:
@@ -67,16 +95,8 @@ def stitch(patches: Tensor, weights: Tensor, corners: Tensor, object_shape: tupl
         weights: (N, h, w) real probe intensities.
         corners: (N, 2) integer window corners in object pixels (those of the model).
         object_shape: (H, W).
-        blank_weight: weight (relative to the largest summed weight) of the blank (1)
-            transmission assumed where nothing was illuminated.
+        blank_weight: see :func:`blend`.
     """
     corners = corners.long()
-    factors = synchronise_phases(patches, weights, corners, object_shape)
-    # one global phase for all: the weighted mean of the stitched object is real, as it is
-    # for the blank (1) transmission blended in where nothing was illuminated
-    factors = factors * _unit((factors[:, None, None]
-                               * weights * patches).sum()).conj()
-    numerator = insert_patches(factors[:, None, None] * weights * patches, corners, object_shape)
-    denominator = insert_patches(weights.to(patches.real.dtype), corners, object_shape)
-    eps = blank_weight * float(denominator.max())
-    return (numerator + eps) / (denominator + eps)
+    factors = global_factors(patches, weights, corners, object_shape)
+    return blend(patches, weights, factors, corners, object_shape, blank_weight)

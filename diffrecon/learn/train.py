@@ -15,6 +15,7 @@ gradient of the whole minibatch. Only rank 0 logs and writes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -92,7 +93,7 @@ def load_train_config(source: str | Path | dict[str, Any] | TrainConfig | None =
     elif isinstance(source, (str, Path)):
         values = cfg.load_toml(source)
     else:
-        values = dict(source or {})
+        values = copy.deepcopy(source or {})  # overrides edit nested tables in place
     cfg.apply_overrides(values, list(overrides))
     # sections given in part keep the other defaults (e.g. the 32-pixel training frame)
     return cfg.from_dict(TrainConfig, merge_tables(cfg.to_dict(TrainConfig()), values))
@@ -258,8 +259,10 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
         if comm.world_size > 1:
             model = nn.parallel.DistributedDataParallel(trained.net)
         optimizer = torch.optim.Adam(trained.net.parameters(), lr=fit.lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * e / fit.epochs)))
+        def cosine(epoch: int) -> float:
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / fit.epochs))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         out_dir = Path(out) if out is not None and comm.is_main else None
         history: dict[str, list[float]] = {}
         first = 0
@@ -269,6 +272,9 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             trained.scale, history, first = state["scale"], state["history"], state["epoch"]
+            # the run may have been extended (more epochs): the step size follows the new plan
+            for group, base in zip(optimizer.param_groups, schedule.base_lrs, strict=True):
+                group["lr"] = base * cosine(first)
         logger = RunLogger(out_dir / "tensorboard") if out_dir is not None else NullLogger()
         if out_dir is not None:
             (out_dir / "config.toml").write_text(cfg.to_toml(config))
@@ -295,7 +301,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                     save_checkpoint(out_dir / "checkpoint.pt", {
                         "net": trained.net.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "scale": trained.scale,
-                        "history": history, "epoch": epoch + 1})
+                        "history": history, "epoch": epoch + 1,
+                        "seconds": time.perf_counter() - start})
                     trained.save(out_dir / "model.pt")
                 log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}"
                                                           for k, v in record.items()))
@@ -308,6 +315,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                            {k: v[-1] for k, v in history.items() if v})
         finally:
             logger.close()
+        if comm.world_size > 1:  # leave together: rank 0 may still be writing its files
+            torch.distributed.barrier()
         trained.net.eval()
         trained.probe = trained.probe.cpu()
         return TrainResult(trained, history, seconds, out_dir)
