@@ -19,6 +19,7 @@ from diffrecon.losses.metrics import nrmse
 from diffrecon.models.base import models
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
 from diffrecon.physics import led_array
+from diffrecon.physics.fft import fft2c
 from diffrecon.physics.zernike import fit_zernike, noll_to_nm, zernike_basis, zernike_phase
 
 
@@ -220,3 +221,64 @@ def test_pose_fit_and_net_tilt_recover_known_values():
                                                                                 - 0.7 * x / 48)))
     assert torch.allclose(led_array.net_tilt(field).float(), torch.tensor([1.3, -0.7]),
                           atol=0.02)
+
+
+def test_multislice_single_slice_equals_thin_model(small_fp):
+    """S = 1 at focus: the same images as ``fourier_ptycho`` for integer LED offsets."""
+    from diffrecon.models.fourier_ptycho_multislice import (
+        FourierPtychoMultislice,
+        MultisliceFPConfig,
+    )
+
+    thin = FourierPtycho.from_data(small_fp, FourierPtychoConfig())
+    thick = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(slices=1))
+    truth = torch.as_tensor(small_fp.truth.object).to(torch.complex64)
+    with torch.no_grad():
+        centres = thin.led_centres()
+        for model in (thin, thick):
+            model.illumination_angles.copy_(centres.round() - centres)
+        thin.object.copy_(fft2c(truth))
+        thick.object.copy_(truth)
+        index = torch.arange(10)
+        assert torch.allclose(thick(index), thin(index), rtol=1e-3, atol=1e-3 * float(
+            thin(index).max()))
+        # two slices with no gap between them act as their product
+        split = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(
+            slices=2, slice_thickness_m=0.0))
+        split.illumination_angles.copy_(thick.illumination_angles)
+        half = truth.abs().sqrt() * torch.exp(0.5j * truth.angle())
+        split.object.copy_(torch.cat([half, half]))
+        assert torch.allclose(split(index), thick(index), rtol=1e-3, atol=1e-3 * float(
+            thick(index).max()))
+
+
+def test_multislice_energy_and_gradient(small_fp):
+    from diffrecon.models.fourier_ptycho_multislice import (
+        FourierPtychoMultislice,
+        MultisliceFPConfig,
+    )
+
+    model = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(
+        slices=2, slice_thickness_m=8e-6, focus_m=-4e-6))
+    index = torch.tensor([0, 12, 20])
+    exit_energy = model.exit_wave(index).abs().square().sum(dim=(1, 2, 3))
+    assert torch.allclose(model(index).sum(dim=(1, 2)), exit_energy, rtol=1e-4)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = tensor.data.to(torch.complex128 if tensor.is_complex() else
+                                     torch.float64 if tensor.is_floating_point() else None)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.object.mul_(1 + 0.1 * torch.randn(model.object.shape, generator=g,
+                                                 dtype=torch.complex128))
+    target = model(index).detach() * 1.1
+    loss = (model(index) - target).square().sum()
+    loss.backward()
+    direction = torch.randn(model.object.shape, generator=g, dtype=torch.complex128)
+    analytic = float((model.object.grad.conj() * direction).real.sum())
+    eps = 1e-6
+    with torch.no_grad():
+        model.object.add_(eps * direction)
+        plus = float((model(index) - target).square().sum())
+        model.object.sub_(2 * eps * direction)
+        minus = float((model(index) - target).square().sum())
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-4)

@@ -3,6 +3,7 @@
 from diffrecon.models import (  # noqa: F401  (register the modalities)
     cdi,
     fourier_ptycho,
+    fourier_ptycho_multislice,
     multislice,
     ptycho,
 )
