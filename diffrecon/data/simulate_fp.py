@@ -45,7 +45,8 @@ class FPSimulation:
     led_shift_m: list[float] = doc([0.0, 0.0], "true (y, x) shift of the array, metres "
                                    "(the file holds the nominal, centred grid)")
     led_rotation_deg: float = doc(0.0, "true rotation of the array about the axis, degrees")
-    leds_per_image: int = doc(1, "LEDs lit per image (multiplexed, bright- and dark-field apart)")
+    leds_per_image: int = doc(
+        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, similar NA together)")
     photons_per_pixel: float = doc(1000.0, "bright-field counts per pixel of a clear sample")
     noise: Literal["poisson", "none"] = doc("poisson", "noise model")
     zernike_waves: dict[str, float] = doc({}, "true pupil aberrations {Z4 = 0.5, ...}, waves rms")
@@ -184,9 +185,13 @@ def _groups(nominal: torch.Tensor, config: FPSimulation, rng: np.random.Generato
         return np.arange(len(nominal))[:, None]
     bright = led_array.is_brightfield(nominal, config.led_height_m,
                                       config.numerical_aperture).numpy()
+    na = led_array.illumination_na(nominal, config.led_height_m).numpy()
     rows = []
     for kind in (bright, ~bright):
+        # LEDs of similar illumination NA (similar brightness) share an image, so that the
+        # dim outer ones are not lost in the shot noise of brighter ones
         members = rng.permutation(np.flatnonzero(kind))
+        members = members[np.argsort(na[members], kind="stable")]
         for start in range(0, len(members), k):
             chunk = members[start : start + k]
             rows.append(np.concatenate([chunk, -np.ones(k - len(chunk), np.int64)]))
