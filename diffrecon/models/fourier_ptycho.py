@@ -57,7 +57,7 @@ class FourierPtychoConfig:
         False, "calibrate the LED array pose (shift, rotation, height) every epoch from "
         "calibration_start: per-LED search of the best window offset, then a pose fit "
         "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
-    calibration_start: int = doc(3, "first epoch (0-based) after which the pose is calibrated")
+    calibration_start: int = doc(3, "epochs run before the first calibration")
     calibration_step_px: float = doc(
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
         "(the object restarts from the bright-field guess at each halving)")
