@@ -238,7 +238,9 @@ def main() -> None:
             out["fpm_py"] = fpm_py_case(args.epochs)
     out["total_seconds"] = time.perf_counter() - started
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench_fp.json").write_text(json.dumps(out, indent=2))
+    path = OUT / "bench_fp.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **out}, indent=2))  # a partial run updates its cases
     print(json.dumps(out, indent=2))
 
 
