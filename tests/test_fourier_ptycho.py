@@ -191,6 +191,10 @@ def test_hdf5_and_description_readers(tmp_path, small_fp):
     (tmp_path / "bad.toml").write_text('images = "stack.npy"\nled_positions_m = "leds.npy"')
     with pytest.raises(DataFormatError, match="wavelength_m"):
         load_fp(tmp_path / "bad.toml")
+    with h5py.File(tmp_path / "no_leds.h5", "w") as handle:
+        handle["images"] = images
+    with pytest.raises(DataFormatError, match="led_positions_m"):
+        diffrecon.load(tmp_path / "no_leds.h5")
     with pytest.raises(DataFormatError, match="numerical_aperture"):
         led_table(dataclasses.replace(small_fp, metadata={}))
 
