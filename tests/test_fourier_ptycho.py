@@ -14,11 +14,12 @@ import torch
 import diffrecon
 from diffrecon.data.fpm import led_table, load_fp
 from diffrecon.data.simulate_fp import FPSimulation, simulate_fp
-from diffrecon.errors import DataFormatError
+from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.losses.metrics import nrmse
 from diffrecon.models.base import models
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
 from diffrecon.physics import led_array
+from diffrecon.physics.fft import fft2c
 from diffrecon.physics.zernike import fit_zernike, noll_to_nm, zernike_basis, zernike_phase
 
 
@@ -45,14 +46,14 @@ def test_noll_indices():
 
 
 def test_zernike_orthonormal_on_unit_disc():
-    n = 400
+    n = 256
     y, x = torch.meshgrid(*(((torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1,) * 2),
                           indexing="ij")
     rho, theta = torch.hypot(y, x), torch.atan2(y, x)
     basis = zernike_basis(list(range(1, 16)), rho, theta).flatten(1)
     inside = (rho <= 1).flatten().double()
     gram = (basis * inside) @ basis.T / inside.sum()
-    assert torch.allclose(gram, torch.eye(15, dtype=torch.float64), atol=0.02)
+    assert torch.allclose(gram, torch.eye(15, dtype=torch.float64), atol=0.01)
     # and the least-squares fit reads back a known wavefront
     coefficients = torch.linspace(-0.1, 0.1, 15, dtype=torch.float64)
     phase = zernike_phase(coefficients, basis.reshape(15, n, n))
@@ -159,6 +160,7 @@ def test_gradient_matches_finite_difference(small_fp, name):
 
 
 def test_reconstruction_against_truth(small_fp):
+    torch.set_num_threads(1)  # many small FFTs: a second thread only adds contention
     result = diffrecon.reconstruct(small_fp, "fourier_ptycho", {
         "recon": {"epochs": 15}, "log": {"progress": False, "metric_every": 100}})
     start = FourierPtycho.from_data(small_fp, FourierPtychoConfig()).transmission()
@@ -189,6 +191,10 @@ def test_hdf5_and_description_readers(tmp_path, small_fp):
     (tmp_path / "bad.toml").write_text('images = "stack.npy"\nled_positions_m = "leds.npy"')
     with pytest.raises(DataFormatError, match="wavelength_m"):
         load_fp(tmp_path / "bad.toml")
+    with h5py.File(tmp_path / "no_leds.h5", "w") as handle:
+        handle["images"] = images
+    with pytest.raises(DataFormatError, match="led_positions_m"):
+        diffrecon.load(tmp_path / "no_leds.h5")
     with pytest.raises(DataFormatError, match="numerical_aperture"):
         led_table(dataclasses.replace(small_fp, metadata={}))
 
@@ -220,3 +226,86 @@ def test_pose_fit_and_net_tilt_recover_known_values():
                                                                                 - 0.7 * x / 48)))
     assert torch.allclose(led_array.net_tilt(field).float(), torch.tensor([1.3, -0.7]),
                           atol=0.02)
+
+
+def test_multislice_single_slice_equals_thin_model(small_fp):
+    """S = 1 at focus: the same images as ``fourier_ptycho`` for integer LED offsets."""
+    from diffrecon.models.fourier_ptycho_multislice import (
+        FourierPtychoMultislice,
+        MultisliceFPConfig,
+    )
+
+    thin = FourierPtycho.from_data(small_fp, FourierPtychoConfig())
+    thick = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(slices=1))
+    truth = torch.as_tensor(small_fp.truth.object).to(torch.complex64)
+    with torch.no_grad():
+        centres = thin.led_centres()
+        for model in (thin, thick):
+            model.illumination_angles.copy_(centres.round() - centres)
+        thin.object.copy_(fft2c(truth))
+        thick.object.copy_(truth)
+        index = torch.arange(10)
+        assert torch.allclose(thick(index), thin(index), rtol=1e-3, atol=1e-3 * float(
+            thin(index).max()))
+        # two slices with no gap between them act as their product
+        split = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(
+            slices=2, slice_thickness_m=0.0))
+        split.illumination_angles.copy_(thick.illumination_angles)
+        half = truth.abs().sqrt() * torch.exp(0.5j * truth.angle())
+        split.object.copy_(torch.cat([half, half]))
+        assert torch.allclose(split(index), thick(index), rtol=1e-3, atol=1e-3 * float(
+            thick(index).max()))
+
+
+def test_multislice_energy_and_gradient(small_fp):
+    from diffrecon.models.fourier_ptycho_multislice import (
+        FourierPtychoMultislice,
+        MultisliceFPConfig,
+    )
+
+    model = FourierPtychoMultislice.from_data(small_fp, MultisliceFPConfig(
+        slices=2, slice_thickness_m=8e-6, focus_m=-4e-6))
+    index = torch.tensor([0, 12, 20])
+    exit_energy = model.exit_wave(index).abs().square().sum(dim=(1, 2, 3))
+    assert torch.allclose(model(index).sum(dim=(1, 2)), exit_energy, rtol=1e-4)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = tensor.data.to(torch.complex128 if tensor.is_complex() else
+                                     torch.float64 if tensor.is_floating_point() else None)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.object.mul_(1 + 0.1 * torch.randn(model.object.shape, generator=g,
+                                                 dtype=torch.complex128))
+    target = model(index).detach() * 1.1
+    loss = (model(index) - target).square().sum()
+    loss.backward()
+    direction = torch.randn(model.object.shape, generator=g, dtype=torch.complex128)
+    analytic = float((model.object.grad.conj() * direction).real.sum())
+    eps = 1e-6
+    with torch.no_grad():
+        model.object.add_(eps * direction)
+        plus = float((model(index) - target).square().sum())
+        model.object.sub_(2 * eps * direction)
+        minus = float((model(index) - target).square().sum())
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-4)
+
+
+def test_led_calibration_refuses_multiplexed_images():
+    data = simulate_fp(small_settings(leds_per_image=2))
+    with pytest.raises(ConfigError, match="single-LED"):
+        diffrecon.reconstruct(data, "fourier_ptycho", {
+            "model": {"calibrate_leds": True}, "recon": {"epochs": 1},
+            "log": {"progress": False}})
+
+
+def test_led_calibration_recovers_a_shifted_rotated_array():
+    """A small case (9x9 LEDs, 32-pixel images): the shift to 0.1 mm and most of a 2-degree
+    rotation (the full bench, 15x15 LEDs, recovers it to 0.1 degree)."""
+    torch.set_num_threads(1)
+    data = simulate_fp(small_settings(led_rows=9, led_columns=9, led_shift_m=[0.5e-3, -0.3e-3],
+                                      led_rotation_deg=2.0))
+    result = diffrecon.reconstruct(data, "fourier_ptycho", {
+        "model": {"calibrate_leds": True}, "params": {"aberrations": {"enabled": False}},
+        "recon": {"epochs": 40}, "log": {"progress": False, "metric_every": 100}})
+    shift = result.results["led_shift_m"]
+    assert np.hypot(*(shift - np.array([0.5e-3, -0.3e-3]))) < 0.1e-3
+    assert abs(np.degrees(result.results["led_rotation_rad"]) - 2.0) < 0.75

@@ -141,7 +141,7 @@ def is_fp_source(path: str | os.PathLike[str]) -> bool:
         return True
     if p.exists() and h5py.is_hdf5(p):
         with h5py.File(p, "r") as handle:
-            return "images" in handle and "led_positions_m" in handle
+            return "images" in handle
     return False
 
 
@@ -160,6 +160,9 @@ def load_fp(path: str | os.PathLike[str]) -> DiffractionData:
         groups = values.get("groups")
     else:
         with h5py.File(p, "r") as handle:
+            if "led_positions_m" not in handle:
+                raise DataFormatError(src, "led_positions_m", "(N or L, 2) LED (y, x) metres",
+                                      f"missing; top-level keys {sorted(handle.keys())}")
             values = {k: handle.attrs[k] for k in handle.attrs}
             images = np.asarray(handle["images"][()], dtype=np.float32)
             leds = np.asarray(handle["led_positions_m"][()], dtype=np.float64)

@@ -45,7 +45,8 @@ class FPSimulation:
     led_shift_m: list[float] = doc([0.0, 0.0], "true (y, x) shift of the array, metres "
                                    "(the file holds the nominal, centred grid)")
     led_rotation_deg: float = doc(0.0, "true rotation of the array about the axis, degrees")
-    leds_per_image: int = doc(1, "LEDs lit per image (multiplexed, bright- and dark-field apart)")
+    leds_per_image: int = doc(
+        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, similar NA together)")
     photons_per_pixel: float = doc(1000.0, "bright-field counts per pixel of a clear sample")
     noise: Literal["poisson", "none"] = doc("poisson", "noise model")
     zernike_waves: dict[str, float] = doc({}, "true pupil aberrations {Z4 = 0.5, ...}, waves rms")
@@ -86,9 +87,25 @@ def bar_target(shape: tuple[int, int], pixel_m: float, periods_m: list[float]) -
     return target
 
 
+@dataclasses.dataclass
+class FPMultisliceSimulation(FPSimulation):
+    modality: str = doc("fourier_ptycho_multislice", "registered modality to simulate")
+    slice_thickness_m: float = doc(
+        10e-6, "the bars lie in slice 0, the phase object this far downstream, metres")
+
+
 def simulate_fp(config: FPSimulation) -> DiffractionData:
-    """FP images (N, h, w) of the bar/phase target with ground truth (module docstring)."""
+    """FP images (N, h, w) of the bar/phase target with ground truth (module docstring).
+
+    An ``FPMultisliceSimulation`` puts the bars and the phase object in two slices
+    ``slice_thickness_m`` apart (focus on the first) and images them with the
+    ``fourier_ptycho_multislice`` model; the truth is then the two slices (2, H, W).
+    """
     from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
+    from diffrecon.models.fourier_ptycho_multislice import (
+        FourierPtychoMultislice,
+        MultisliceFPConfig,
+    )
 
     rng = np.random.default_rng(config.seed)
     n = config.image_px
@@ -99,19 +116,24 @@ def simulate_fp(config: FPSimulation) -> DiffractionData:
                         wavelength_m=config.wavelength_m, distance_m=config.led_height_m,
                         detector_pixel_size_m=(config.camera_pixel_m,) * 2),
         nominal.numpy(), groups, config.numerical_aperture, config.magnification)
-    model = FourierPtycho.from_data(geometry, FourierPtychoConfig())
+    thick = isinstance(config, FPMultisliceSimulation)
+    model = (FourierPtychoMultislice.from_data(geometry, MultisliceFPConfig(
+        slices=2, slice_thickness_m=config.slice_thickness_m,
+        focus_m=-config.slice_thickness_m)) if thick
+        else FourierPtycho.from_data(geometry, FourierPtychoConfig()))
     grid, pixel = model.scope.grid, model.scope.object_pixel_m
     axis_na = float(led_array.illumination_na(nominal, config.led_height_m)[
         (nominal[:, 0].abs() < 1e-12)].max()) if config.led_rows % 2 else 0.0
     limit = config.wavelength_m / (config.numerical_aperture + axis_na)
     amplitude = bar_target(grid, pixel, [f * limit for f in config.bar_periods])
     phase = config.phase_rad * _smooth_phase(grid, rng)
-    truth = band_limit(amplitude * np.exp(1j * phase), pixel,
-                       (config.numerical_aperture + axis_na) / config.wavelength_m)
+    cutoff = (config.numerical_aperture + axis_na) / config.wavelength_m
+    layers = [amplitude, np.exp(1j * phase)] if thick else [amplitude * np.exp(1j * phase)]
+    truth = np.stack([band_limit(layer, pixel, cutoff) for layer in layers])
     scale = math.sqrt(config.photons_per_pixel * n * n / (grid[0] * grid[1]))
     with torch.no_grad():
-        model.object.copy_(fft2c(torch.as_tensor(truth, dtype=torch.complex128))
-                           .to(torch.complex64)[None])
+        values = torch.as_tensor(truth, dtype=torch.complex128)
+        model.object.copy_((values if thick else fft2c(values)).to(torch.complex64))
         model.amplitude = scale
         model.pupil.copy_((model.support * scale).to(torch.complex64)[None])
         for name, value in config.zernike_waves.items():
@@ -133,7 +155,7 @@ def simulate_fp(config: FPSimulation) -> DiffractionData:
     origin = tuple(-(np.asarray(grid) // 2) * pixel)
     return dataclasses.replace(
         geometry, patterns=patterns, metadata=metadata,
-        truth=Truth(object=truth[None], pixel_size_m=(pixel, pixel),
+        truth=Truth(object=truth, pixel_size_m=(pixel, pixel),
                     origin_m=(float(origin[0]), float(origin[1]))))
 
 
@@ -163,9 +185,13 @@ def _groups(nominal: torch.Tensor, config: FPSimulation, rng: np.random.Generato
         return np.arange(len(nominal))[:, None]
     bright = led_array.is_brightfield(nominal, config.led_height_m,
                                       config.numerical_aperture).numpy()
+    na = led_array.illumination_na(nominal, config.led_height_m).numpy()
     rows = []
     for kind in (bright, ~bright):
+        # LEDs of similar illumination NA (similar brightness) share an image, so that the
+        # dim outer ones are not lost in the shot noise of brighter ones
         members = rng.permutation(np.flatnonzero(kind))
+        members = members[np.argsort(na[members], kind="stable")]
         for start in range(0, len(members), k):
             chunk = members[start : start + k]
             rows.append(np.concatenate([chunk, -np.ones(k - len(chunk), np.int64)]))
@@ -173,3 +199,4 @@ def _groups(nominal: torch.Tensor, config: FPSimulation, rng: np.random.Generato
 
 
 simulators.register("fourier_ptycho")(Simulator(FPSimulation, simulate_fp))
+simulators.register("fourier_ptycho_multislice")(Simulator(FPMultisliceSimulation, simulate_fp))

@@ -4,6 +4,7 @@ from diffrecon.models import (  # noqa: F401  (register the modalities)
     bragg,
     cdi,
     fourier_ptycho,
+    fourier_ptycho_multislice,
     multislice,
     ptycho,
     ptycho_tomo,

@@ -57,7 +57,7 @@ class FourierPtychoConfig:
         False, "calibrate the LED array pose (shift, rotation, height) every epoch from "
         "calibration_start: per-LED search of the best window offset, then a pose fit "
         "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
-    calibration_start: int = doc(3, "first epoch (0-based) after which the pose is calibrated")
+    calibration_start: int = doc(3, "epochs run before the first calibration")
     calibration_step_px: float = doc(
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
         "(the object restarts from the bright-field guess at each halving)")
@@ -94,7 +94,8 @@ def microscope(data: DiffractionData, config: FourierPtychoConfig, margin_px: in
 
 
 class LEDCalibration:
-    """Loop callback: ``FourierPtycho.calibrate_pose`` after every epoch from the start one."""
+    """Loop callback: ``FourierPtycho.calibrate_pose`` after every epoch from the start one;
+    the object's net tilt goes into the pose at each object restart and at the end."""
 
     def on_start(self, run: Any) -> None:
         model = run.model
@@ -113,11 +114,11 @@ class LEDCalibration:
         if done in (8, 16):
             # the object grown on a wrong pose holds the windows where they are (a trap):
             # restart it from the bright-field guess under the improved pose
-            with torch.no_grad():
-                model.object.copy_(model.initial_spectrum)
+            model.recentre(measured, restart=True)
 
     def on_end(self, run: Any) -> None:
-        pass
+        if run.model.config.calibrate_leds:
+            run.model.recentre(run.batches(torch.arange(len(run.batches))))
 
 
 @models.register("fourier_ptycho")
@@ -252,27 +253,42 @@ class FourierPtycho(ForwardModel):
 
         Each LED's window offset is chosen among the current one and its 8 neighbours ``step``
         pixels away (the one fitting its image best, as in pcFPM, Sun et al., Opt. Express 24,
-        15765 (2016)); the array pose is then fitted to all offsets. A common
-        translation d of every window and of the spectrum leaves the images unchanged, so the
-        object's net tilt d is removed from the spectrum and the windows move by -d with it.
+        15765 (2016)); the array pose is then fitted to all offsets.
         """
         moves = torch.tensor([(dy, dx) for dy in (-step, 0.0, step) for dx in (-step, 0.0, step)],
                              device=measured.device)
-        # every LED counts alike, except images too dark to tell one offset from another
-        signal = measured.flatten(1).sum(1).double()
-        weights = (signal > 0.01 * signal.median()).double()
         for _ in range(rounds):
             losses = torch.stack([self.image_losses(measured, likelihood, move)
                                   for move in moves])
             best = moves[torch.argmin(losses, dim=0)]  # (N, 2); image n has LED groups[n, 0]
-            self._fit_pose(best, weights)
+            self._fit_pose(best, self._calibration_weights(measured))
+
+    @torch.no_grad()
+    def recentre(self, measured: Tensor, *, restart: bool = False) -> None:
+        """Move the object's net tilt d into the array pose (and restart the object if asked).
+
+        A common translation d of every window and of the spectrum leaves the images
+        unchanged: the spectrum is translated back to centre (d removed from the object) and
+        the windows move by -d, refitting the pose. With ``restart`` the object starts again
+        from the bright-field guess (already centred).
+        """
         obj = self.transmission()[0]
         tilt = led_array.net_tilt(obj)
-        self._fit_pose(-tilt.expand(len(weights), 2), weights)
+        self._fit_pose(-tilt.expand(self.groups.shape[0], 2),
+                       self._calibration_weights(measured))
+        if restart:
+            self.object.copy_(self.initial_spectrum)
+            return
         y, x = (torch.arange(n, device=obj.device, dtype=torch.float64) for n in self.scope.grid)
         ramp = tilt[0] * y[:, None] / self.scope.grid[0] + tilt[1] * x[None, :] / self.scope.grid[1]
         untilted = obj * torch.polar(torch.ones_like(ramp), -2 * math.pi * ramp).to(obj.dtype)
         self.object.copy_(fft2c(untilted)[None])
+
+    @staticmethod
+    def _calibration_weights(measured: Tensor) -> Tensor:
+        # every LED counts alike, except images too dark to tell one offset from another
+        signal = measured.flatten(1).sum(1).double()
+        return (signal > 0.01 * signal.median()).double()
 
     def _fit_pose(self, moves: Tensor, weights: Tensor) -> None:
         """Refit the pose to every image's LED offset moved by ``moves`` (N, 2) pixels."""
