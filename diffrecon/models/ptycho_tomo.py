@@ -43,8 +43,8 @@ from diffrecon.models.ptycho import detector_geometry, scan_grid
 from diffrecon.physics.multislice import multislice
 from diffrecon.physics.optics import electron_voltage_v, interaction_constant
 from diffrecon.physics.overlap import phase_ramps, shift_modes
-from diffrecon.physics.shifts import extract_patches
 from diffrecon.physics.rotation import rotate_volume
+from diffrecon.physics.shifts import extract_patches
 
 Tensor = torch.Tensor
 
