@@ -28,6 +28,13 @@ MAX_PROBE_MODES = 4
 #: At most this many object slices get a phase panel.
 MAX_SLICES = 8
 COLUMNS = 4
+#: Lab-frame maps of a volume reconstruction (Bragg CDI): title, colour map, display scale.
+VOLUME_MAPS = {
+    "amplitude": ("amplitude (lab frame)", "gray", 1.0),
+    "phase": ("phase, ramp removed, unwrapped (rad)", "twilight", 1.0),
+    "displacement_m": ("displacement along Q (pm)", "coolwarm", 1e12),
+    "strain": ("strain along Q (1e-3)", "coolwarm", 1e3),
+}
 
 
 def complex_to_rgb(z: np.ndarray, *, amplitude_max: float | None = None) -> np.ndarray:
@@ -136,6 +143,33 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
     return panels
 
 
+def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
+    """The central (H, W), (D, W) and (D, H) slices of a (D, H, W) volume side by side, float64,
+    separated and padded by NaN (drawn blank)."""
+    d, h, w = volume.shape
+    cuts = [volume[d // 2], volume[:, h // 2], volume[:, :, w // 2]]
+    rows = max(cut.shape[0] for cut in cuts)
+    padded = [np.pad(np.asarray(cut, dtype=np.float64), ((0, rows - cut.shape[0]), (0, 1)),
+                     constant_values=np.nan) for cut in cuts]
+    return np.concatenate(padded, axis=1)[:, :-1]
+
+
+def _volume_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """Central orthogonal slices (z-, y- and x-normal) of a 3D reconstruction and its maps."""
+    panels: list[Panel] = []
+    if "object" in results:
+        obj = np.asarray(results["object"])
+        panels += [lambda ax: _image(ax, orthogonal_slices(np.abs(obj)), "object amplitude "
+                                     "(detector grid; 3 central slices)"),
+                   lambda ax: _image(ax, orthogonal_slices(np.angle(obj)), "object phase (rad)",
+                                     "twilight")]
+    for key, (title, cmap, scale) in VOLUME_MAPS.items():
+        if key in results and np.ndim(results[key]) == 3:
+            image = orthogonal_slices(np.asarray(results[key], dtype=np.float64) * scale)
+            panels.append(lambda ax, i=image, t=title, c=cmap: _image(ax, i, t, c))
+    return panels
+
+
 def _slice(ax: Axes, image: np.ndarray, title: str, limits: dict[str, float]) -> None:
     shown = ax.imshow(image, cmap="twilight", **limits)
     ax.set_title(title, fontsize=9)
@@ -213,6 +247,33 @@ def _probe_panels(results: Mapping[str, Any]) -> list[Panel]:
     ]
 
 
+def _led_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """Fourier ptychography: Zernike coefficients of the pupil, LEDs calibrated vs nominal."""
+    noll = np.asarray(results["zernike_noll"])
+    waves = np.asarray(results.get("pupil_zernike_waves", np.zeros(len(noll))))
+    nominal = np.asarray(results["led_positions_nominal_m"]) * 1e3
+    found = np.asarray(results["led_positions_m"]) * 1e3
+    bright = np.asarray(results.get("brightfield", np.zeros(len(found), bool)), bool)
+
+    def bars(ax: Axes) -> None:
+        ax.bar(noll, waves)
+        ax.set_xlabel("Noll index", fontsize=8)
+        ax.set_ylabel("waves rms", fontsize=8)
+        ax.set_title("pupil Zernike coefficients", fontsize=9)
+
+    def leds(ax: Axes) -> None:
+        ax.scatter(nominal[:, 1], nominal[:, 0], s=12, facecolors="none", edgecolors="gray",
+                   label="nominal")
+        ax.scatter(found[~bright, 1], found[~bright, 0], s=5, c="tab:blue", label="dark-field")
+        ax.scatter(found[bright, 1], found[bright, 0], s=5, c="tab:orange", label="bright-field")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=6)
+        na = float(results.get("synthetic_na", float("nan")))
+        ax.set_title(f"LEDs (mm), synthetic NA {na:.3g}", fontsize=9)
+
+    return [bars, leds]
+
+
 def _curve_panels(history: Mapping[str, Sequence[float]]) -> list[Panel]:
     """Semilog-y ``loss`` vs epoch, and all ``metric/<name>`` curves in a second panel."""
     panels: list[Panel] = []
@@ -260,7 +321,10 @@ def save_report(
         path: output PNG file; written atomically (temp file in the same folder + ``os.replace``).
         results: numpy arrays; every key is optional.
             ``object`` complex (S, H, W) or (H, W): amplitude and phase of slice 0, and the phase
-            summed over slices when S > 1. ``illumination`` real (H, W): object panels are cropped
+            summed over slices when S > 1. With a 3D ``support`` the object is a volume
+            (D, H, W): it, the support, the pattern and any 3D ``VOLUME_MAPS`` (Bragg CDI
+            amplitude, phase, displacement, strain) are shown as three central slices.
+            ``illumination`` real (H, W): object panels are cropped
             to pixels lit above 1% of its max, and colour limits come from those pixels only.
             ``probe`` complex (M, h, w): up to 4 mode panels titled with their power share (%).
             Multislice: one phase panel per slice (at most 8, shared colour scale) and, with
@@ -268,13 +332,18 @@ def save_report(
             ``positions_px`` (N, 2) (y, x) in object pixels (probe-window corners when ``probe``
             is present): scatter over the object amplitude, with ``positions_initial_px`` and
             displacement lines if present. ``support`` (H, W), ``pattern`` (H, W) counts
-            (shown as log10(1 + x)), ``pupil`` complex (H, W).
+            (shown as log10(1 + x)), ``pupil`` complex (H, W). Fourier ptychography (with
+            ``led_positions_m`` and ``zernike_noll``): a bar chart of ``pupil_zernike_waves``
+            and the calibrated vs ``led_positions_nominal_m`` LED positions.
         history: per-epoch curves; ``loss`` (semilog-y) and any ``metric/<name>`` (NaN = epoch
             without a value).
         title: figure title.
     """
     panels: list[Panel] = []
-    if "object" in results:
+    volume = np.ndim(results.get("support", 0)) == 3  # a 3D CDI/Bragg volume, not slices
+    if volume:
+        panels += _volume_panels(results)
+    elif "object" in results:
         panels += _object_panels(results)
     if "probe" in results:
         panels += _probe_panels(results)
@@ -282,13 +351,17 @@ def save_report(
         panels.append(_aberration_panel(results))
     if "support" in results:
         support = np.asarray(results["support"], dtype=np.float64)
+        support = orthogonal_slices(support) if volume else support
         panels.append(lambda ax: _image(ax, support, "support", colorbar=False))
     if "pattern" in results:
         pattern = np.log10(1 + np.clip(np.asarray(results["pattern"], np.float64), 0, None))
+        pattern = orthogonal_slices(pattern) if pattern.ndim == 3 else pattern
         panels.append(lambda ax: _image(ax, pattern, "pattern log10(1 + counts)", "magma"))
     if "pupil" in results:
         pupil = complex_to_rgb(np.asarray(results["pupil"]))
         panels.append(lambda ax: _image(ax, pupil, "pupil", colorbar=False))
+    if "led_positions_m" in results and "zernike_noll" in results:
+        panels += _led_panels(results)
     panels += _curve_panels(history)
     columns = min(COLUMNS, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -141,6 +141,7 @@ class Shrinkwrap:
     threshold: float
     sigma_px: tuple[float, float]
     stop: float
+    reference: Literal["max", "rms"] = "max"  # what the threshold is a fraction of
 
     def sigma(self, update: int, updates: int) -> float:
         start, end = self.sigma_px
@@ -157,7 +158,7 @@ class Shrinkwrap:
         model = run.model
         sigma = self.sigma((epoch + 1) // self.every - 1, last // self.every - 1)
         support = shrinkwrap(torch.where(model.support, model.object, 0.0), sigma,
-                             self.threshold)
+                             self.threshold, self.reference)
         if bool(support.any()):
             model.support.copy_(support)
         logs["support/pixels"] = float(model.support.sum())

@@ -21,7 +21,7 @@ from diffrecon.models.base import ForwardModel, ParamSpec
 
 Tensor = torch.Tensor
 
-PIE_FIELDS = ("object", "probe")
+PIE_FIELDS = ("object", "probe", "pupil")
 
 
 class _PIE(GradientStep):
@@ -45,7 +45,7 @@ class _PIE(GradientStep):
         partners = batch.comm.sum(model.partner_intensities(batch.index))
         fields = model.named_fields()
         alpha = self.default_alpha if self.config.alpha is None else self.config.alpha
-        alphas = {"object": alpha, "probe": self.config.beta}
+        alphas = {"object": alpha, "probe": self.config.beta, "pupil": self.config.beta}
         for name in targets:
             grad = fields[name].grad
             if grad is not None:

@@ -13,7 +13,7 @@ map; everything here is a pure function of tensors plus that small protocol.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -94,10 +94,17 @@ def feasible(obj: Tensor, support: Tensor, constraint: str = "none") -> Tensor:
     return support
 
 
-def shrinkwrap(obj: Tensor, sigma_px: float, threshold: float) -> Tensor:
+def shrinkwrap(obj: Tensor, sigma_px: float, threshold: float,
+               reference: Literal["max", "rms"] = "max") -> Tensor:
     """New support: |obj| blurred by a Gaussian of ``sigma_px``, above ``threshold`` of its max.
 
-    Marchesini et al., Phys. Rev. B 68, 140101 (2003). ``obj`` is (H, W) or (D, H, W).
+    Marchesini et al., Phys. Rev. B 68, 140101 (2003). ``obj`` is (H, W) or (D, H, W), zero
+    outside the current support. With ``reference="rms"`` the threshold is a fraction of the
+    blurred modulus' RMS over the current support instead (as PyNX does for Bragg CDI): a few
+    hot voxels then cannot wipe out the rest of a uniform crystal.
     """
     blurred = gaussian_blur(obj.abs(), sigma_px, obj.dim())
+    if reference == "rms":
+        inside = blurred[obj != 0]
+        return blurred > threshold * (inside.square().mean().sqrt() if inside.numel() else 0)
     return blurred > threshold * blurred.max()

@@ -5,6 +5,7 @@ Such files carry no geometry. An ``.npz`` may carry it beside the array:
     ``data``          the intensity: (H, W) pattern or (D, H, W) volume (also ``intensity``)
     ``mask``          optional, same shape as ``data`` or (H, W); non-zero = bad (as CXI)
     ``energy_ev`` or ``wavelength_m``, ``distance_m``, ``pixel_size_m`` (scalar or (y, x))
+    any other scalar  kept as a metadata string (e.g. the Bragg angles, ``data.bragg``)
 
 otherwise nominal values are used (8 keV, 1 m, 75 um), noted in the metadata, so lengths in
 the results are in those nominal units. Non-finite or negative values are taken as bad pixels
@@ -80,6 +81,9 @@ def load_array(path: str | os.PathLike[str]) -> DiffractionData:
                                   f"shape {mask.shape}")
         valid &= mask
     metadata = {"format": Path(src).suffix.lower().lstrip(".")}
+    known = {"mask", "wavelength_m", *NOMINAL}
+    metadata.update({name: str(np.asarray(value).ravel()[0]) for name, value in side.items()
+                     if name not in known and np.size(value) == 1})  # e.g. Bragg angles
     if not valid.all():
         metadata["bad_pixels"] = f"{int((~valid).sum())} non-finite, negative or masked"
     patterns = np.where(valid, patterns, 0.0).astype(np.float32)

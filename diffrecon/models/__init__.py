@@ -1,7 +1,13 @@
 """Forward models, one modality per module, registered by name in ``models``."""
 
-# importing the modules registers the modalities
-from diffrecon.models import cdi, multislice, ptycho, ptycho_tomo  # noqa: F401
+from diffrecon.models import (  # noqa: F401  (register the modalities)
+    bragg,
+    cdi,
+    fourier_ptycho,
+    multislice,
+    ptycho,
+    ptycho_tomo,
+)
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 
 __all__ = ["ForwardModel", "ParamSpec", "models"]

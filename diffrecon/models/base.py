@@ -115,6 +115,11 @@ class ForwardModel(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def prepare(cls, data: Any, config: Any) -> Any:
+        """The data this modality reconstructs (e.g. cropped around a peak); unchanged here."""
+        return data
+
+    @classmethod
     def describe(cls, data: Any) -> str:
         """Modality-specific lines for ``diffrecon inspect`` (e.g. sampling ratios); "" if none."""
         return ""

@@ -62,7 +62,7 @@ class CDIConfig:
     shrinkwrap_every: int = doc(20, "update the support every n epochs (0: never)")
     shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
     shrinkwrap_sigma_px: tuple[float, float] = doc(
-        (3.0, 1.0), "shrinkwrap Gaussian sigma (start, end), pixels; decays geometrically"
+        (3.0, 0.5), "shrinkwrap Gaussian sigma (start, end), pixels; decays geometrically"
     )
     shrinkwrap_stop: float = doc(0.7, "freeze the support after this fraction of the epochs")
 
@@ -110,7 +110,7 @@ class CDI(ForwardModel):
     needs_positions = False
     alignment: ClassVar[dict[str, bool]] = {"allow_twin": True}
     run_defaults: ClassVar[dict[str, Any]] = {
-        "algorithm": {"name": "hio:1000,er:100,gradient:50"},
+        "algorithm": {"name": "hio:800,er:100,gradient:200"},
         "loss": {"likelihood": "poisson"},
         "recon": {"plateau_patience": 0, "checkpoint_every": 100},
         "log": {"metric_every": 25, "image_every": 100},
