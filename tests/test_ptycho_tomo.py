@@ -175,6 +175,11 @@ def test_tilt_series_file_round_trip_and_errors(tmp_path, clean):
         handle[cxi.ANGLES] = np.zeros((3, 3))
     with pytest.raises(DataFormatError, match="geometry_1/angles.*80, 3.*shape \\(3, 3\\)"):
         cxi.load(path).validate()
+    with h5py.File(path, "r+") as handle:
+        del handle[cxi.ANGLES]
+        handle[cxi.ANGLES] = np.array([b"sixty"] * 80)
+    with pytest.raises(DataFormatError, match="geometry_1/angles.*radians.*found"):
+        cxi.load(path)
     with pytest.raises(DataFormatError, match="angles.*tilt angles.*missing"):
         PtychoTomo.from_data(dataclasses.replace(clean, angles_rad=None), PtychoTomoConfig())
 
