@@ -30,7 +30,7 @@ from diffrecon.data.simulate_tomo import TomoSimulation, simulate_tomo, tilt_ang
 from diffrecon.errors import DataFormatError
 from diffrecon.models.multislice import Multislice, MultisliceConfig
 from diffrecon.models.ptycho_tomo import PtychoTomo, PtychoTomoConfig
-from diffrecon.physics.rotation import project
+from diffrecon.physics.volume import project
 from diffrecon.recon.objective import Objective
 from diffrecon.recon.optim import ParameterPlan
 from diffrecon.recon.reconstructor import Reconstructor

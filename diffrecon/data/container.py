@@ -58,7 +58,7 @@ class DiffractionData:
         metadata: free-form strings (instrument, sample, simulation settings).
         angles_rad: sample orientation of each pattern, shape (N, 3), radians, or None (a
             tilt series: tilt about y, tilt about x, rotation about the beam; see
-            ``physics.rotation``). Patterns sharing a row belong to one tilt.
+            ``physics.volume``). Patterns sharing a row belong to one tilt.
     """
 
     patterns: PatternStore

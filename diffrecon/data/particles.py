@@ -53,7 +53,7 @@ def potential_volume(shape: tuple[int, int, int], voxel_m: float, positions_m: n
     """Electrostatic potential V (D, H, W) in volts of atoms at ``positions_m`` (N, 3).
 
     Positions are (z, y, x) metres from the volume centre (voxel index (n - 1) / 2 on each
-    axis, the rotation centre of ``physics.rotation``); the grid is periodic.
+    axis, the rotation centre of ``physics.volume``); the grid is periodic.
     """
     origin = tuple(-(n - 1) / 2 * voxel_m for n in shape)
     return potential_grid(shape, (voxel_m,) * 3, origin, positions_m, elements, chunk=64)

@@ -6,7 +6,7 @@ For pattern n recorded at tilt t(n) (Lee et al., Nat. Commun. 14, 2023; Pelz et 
 Commun. 14, 7906 (2023)):
 
     psi_nm = multislice(P_m(r - f_n), exp(i phi_t)[window c_n], dz),
-    phi_t = rotate_volume(phi, angles_t, shift_t)                       (physics.rotation)
+    phi_t = rotate_volume(phi, angles_t, shift_t)                       (physics.volume)
 
 i.e. the volume is rotated by that tilt's orientation (trilinear resampling, differentiable in
 the volume, the angles and the shift), each of its D layers is one multislice slice one voxel
@@ -43,8 +43,8 @@ from diffrecon.models.ptycho import detector_geometry, scan_grid
 from diffrecon.physics.multislice import multislice
 from diffrecon.physics.optics import electron_voltage_v, interaction_constant
 from diffrecon.physics.overlap import phase_ramps, shift_modes
-from diffrecon.physics.rotation import rotate_volume
 from diffrecon.physics.shifts import extract_patches
+from diffrecon.physics.volume import rotate_volume
 
 Tensor = torch.Tensor
 

@@ -5,7 +5,7 @@ Each tilt's scan is reconstructed on its own by the ``multislice`` model with on
 phase sigma * integral V dz of that tilt on the same lateral grid as ``ptycho_tomo``'s volume
 (same scan, same padding); each is offset so that the vacuum in its lit region is at zero
 (a global phase is invisible) and set to zero where unlit. The phases are then inverted by
-SIRT (``physics.rotation.sirt``) with the same rotation code, giving a volume of phases per
+SIRT (``physics.volume.sirt``) with the same rotation code, giving a volume of phases per
 voxel comparable to ``ptycho_tomo``'s ``object``.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from diffrecon.data.container import DiffractionData
 from diffrecon.models.ptycho_tomo import tilt_groups
-from diffrecon.physics.rotation import sirt
+from diffrecon.physics.volume import sirt
 
 
 def per_tilt_phases(data: DiffractionData, config: dict[str, Any],

@@ -1,4 +1,4 @@
-"""3D rotation, projection and SIRT (physics/rotation.py), tested against geometry."""
+"""3D rotation, projection and SIRT (physics/volume.py), tested against geometry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffrecon.physics.rotation import project, rotate_volume, rotation_matrix, sirt
+from diffrecon.physics.volume import project, rotate_volume, rotation_matrix, sirt
 
 F64 = torch.float64
 
