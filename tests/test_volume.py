@@ -106,6 +106,6 @@ def test_sirt_recovers_a_blob_pair():
                                                                  (-3.0, 2.0, 2.5), 1.5)
     tilts = torch.stack([angles(a) for a in torch.linspace(-1.2, 1.2, 13).tolist()])
     projections = project(truth, tilts)
-    estimate = sirt(projections, tilts, 16, iterations=40)
+    estimate = sirt(projections, tilts, 16, iterations=20)
     assert float((estimate - truth).norm() / truth.norm()) < 0.25
     assert float((project(estimate, tilts) - projections).norm() / projections.norm()) < 0.05

@@ -297,7 +297,13 @@ def _read_plain(handle: h5py.File, src: str) -> tuple[dict[str, Any], str]:
 def _angles(handle: h5py.File, key: str) -> np.ndarray | None:
     """Per-pattern orientations (N, 3) in radians, or None; shapes are checked by
     ``DiffractionData.validate``."""
-    return np.asarray(handle[key][()], dtype=np.float64) if key in handle else None
+    if key not in handle:
+        return None
+    try:
+        return np.asarray(handle[key][()], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataFormatError(handle.filename, key, "(N, 3) tilt angles in radians",
+                              f"a {handle[key].dtype} array") from None
 
 
 def _read_truth(handle: h5py.File, src: str, key: str) -> Truth | None:

@@ -126,7 +126,7 @@ class PtychoTomo(Multislice):
         specs["slice_thickness"] = ParamSpec(enabled=False, lr=0.0)
         return specs
 
-    def compact_batches(self, batch_size: int, seed: int) -> list[Tensor]:
+    def compact_batches(self, batch_size: int, seed: int) -> list[Tensor] | None:
         """Batches of one tilt each (the volume is rotated once per tilt in a batch), compact
         in the scan within a tilt; used by ``recon.sampler = "compact"``."""
         positions = self.positions.detach().cpu().numpy()

@@ -96,11 +96,11 @@ class Reconstructor:
             return random_batches(n, self.batch_size, seed, epoch)
         if self._compact is None:
             # a model may group its patterns itself (e.g. by tilt: ptycho_tomo)
-            own = getattr(self.model, "compact_batches", None)
+            self._compact = self.model.compact_batches(self.batch_size, seed)
+        if self._compact is None:
             positions = getattr(self.model, "positions", None)
             xy = np.zeros((n, 2)) if positions is None else positions.detach().cpu().numpy()
-            self._compact = (own(self.batch_size, seed) if own is not None
-                             else compact_batches(xy, self.batch_size, seed))
+            self._compact = compact_batches(xy, self.batch_size, seed)
         order = torch.randperm(
             len(self._compact), generator=torch.Generator().manual_seed(seed + epoch)
         )
