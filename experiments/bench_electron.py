@@ -14,12 +14,15 @@ Cases (scenes and run configs in experiments/configs/electron_*.toml):
     should be below 1 nm.
 Seconds per epoch are printed; results go to experiments/out/bench_electron.json.
 
-``--peers ptyrad`` also runs PtyRAD (its own virtual environment, ``--ptyrad-python``) on the
-very same simulated files of ``monolayer`` and ``depth``, in the same run and with the same
-thread count: the hand-off file is written by ``peers/electron_handoff.py``, PtyRAD is run by
-``peers/ptyrad_electron.py`` (its recommended "standard" settings, and once more with one
-probe mode, our model complexity), and its object is scored with the same metric and mask.
-The side-by-side table goes to experiments/out/bench_electron_peers.json.
+``--peers ptyrad ptyrad_1mode`` also runs PtyRAD (its own virtual environment,
+``--ptyrad-python``) on the very same simulated files of ``monolayer`` and ``depth``, in the
+same run and with the same thread count: the hand-off file is written by
+``peers/electron_handoff.py``, PtyRAD is run by ``peers/ptyrad_electron.py`` with the settings
+of its "standard" template (``ptyrad``: 6 probe modes; ``ptyrad_1mode``: one coherent probe,
+our model complexity) for as many iterations as our epochs (``--peer-iterations``), and its
+object is scored with the same metric and mask. Seconds per epoch are medians over epochs
+(iterations), set-up excluded; load averages are recorded beside them. The side-by-side
+table goes to experiments/out/bench_electron_peers.json (``--out``).
 """
 
 from __future__ import annotations
@@ -95,9 +98,9 @@ class PeerOptions:
     threads: int
 
 
-# peer runs per name: (label, script, extra arguments)
-PEERS = {"ptyrad": [("ptyrad", "ptyrad_electron.py", ["--probe-modes", "6"]),
-                    ("ptyrad_1mode", "ptyrad_electron.py", ["--probe-modes", "1"])]}
+# peer runs by name: (script in peers/, its extra arguments)
+PEERS = {"ptyrad": ("ptyrad_electron.py", ["--probe-modes", "6"]),  # its standard template
+         "ptyrad_1mode": ("ptyrad_electron.py", ["--probe-modes", "1"])}  # our complexity
 
 
 def handoff_for(data: DiffractionData, result: Result, slices: int, thickness_m: float,
@@ -144,26 +147,26 @@ def run_peers(options: PeerOptions, data: DiffractionData, result: Result, slice
     handoff = with_ptyrad_layout(handoff_for(data, result, slices, thickness_m, iterations))
     shape = tuple(result.model.object.shape[-2:])
     table = {}
-    for name in options.names:
-        for label, script, arguments in PEERS[name]:
-            peer = run_peer(options.ptyrad_python, script, arguments, handoff, options.threads)
-            if "error" in peer:
-                table[label] = {"error": peer["error"]}
-                print(label, "failed:", peer["error"], flush=True)
-                continue
-            offset = handoff.object_offset_px
-            phase = crop_to_grid(peer["phase"], offset, shape, 0.0)
-            amplitude = crop_to_grid(peer["amplitude"], offset, shape, 1.0)
-            info = peer["info"]
-            table[label] = {
-                **score(phase, amplitude),
-                "seconds_per_epoch": float(np.median(peer["iteration_s"])),
-                "seconds_per_epoch_mean": float(np.mean(peer["iteration_s"])),
-                "iterations": len(peer["iteration_s"]), "wall_s": peer["wall_s"],
-                "final_loss": float(peer["loss"][-1]), "threads": info["threads"],
-                "load_average_before": info["load_average_before"],
-                "load_average_after": info["load_average_after"],
-                "version": info["version"], "probe_modes": info["probe_modes"]}
+    for label in options.names:
+        script, arguments = PEERS[label]
+        peer = run_peer(options.ptyrad_python, script, arguments, handoff, options.threads)
+        if "error" in peer:
+            table[label] = {"error": peer["error"]}
+            print(label, "failed:", peer["error"], flush=True)
+            continue
+        offset = handoff.object_offset_px
+        phase = crop_to_grid(peer["phase"], offset, shape, 0.0)
+        amplitude = crop_to_grid(peer["amplitude"], offset, shape, 1.0)
+        info = peer["info"]
+        table[label] = {
+            **score(phase, amplitude),
+            "seconds_per_epoch": float(np.median(peer["iteration_s"])),
+            "seconds_per_epoch_mean": float(np.mean(peer["iteration_s"])),
+            "iterations": len(peer["iteration_s"]), "wall_s": peer["wall_s"],
+            "final_loss": float(peer["loss"][-1]), "threads": info["threads"],
+            "load_average_before": info["load_average_before"],
+            "load_average_after": info["load_average_after"],
+            "version": info["version"], "probe_modes": info["probe_modes"]}
     return table
 
 
@@ -282,6 +285,8 @@ def main() -> None:
                         default=Path(os.environ.get("PTYRAD_PYTHON",
                                                     "/work/venvs/ptyrad/bin/python")),
                         help="the Python of PtyRAD's virtual environment")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "bench_electron_peers.json",
+                        help="the side-by-side table (with --peers)")
     parser.add_argument("--peer-iterations", type=int, default=None,
                         help="peer iterations (default: our epochs; PtyRAD's templates: 200)")
     args = parser.parse_args()
@@ -304,7 +309,7 @@ def main() -> None:
     table = peer_table(results)
     for row in table:
         print("  ".join(f"{key}={value}" for key, value in row.items()), flush=True)
-    (out / "bench_electron_peers.json").write_text(json.dumps(
+    args.out.write_text(json.dumps(
         {"threads": args.threads, "table": table, "cases": results}, indent=1))
 
 
