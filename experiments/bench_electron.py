@@ -14,12 +14,17 @@ Cases (scenes and run configs in experiments/configs/electron_*.toml):
     should be below 1 nm.
 Seconds per epoch are printed; results go to experiments/out/bench_electron.json.
 
-``--peers ptyrad`` also runs PtyRAD (its own virtual environment, ``--ptyrad-python``) on the
-very same simulated files of ``monolayer`` and ``depth``, in the same run and with the same
-thread count: the hand-off file is written by ``peers/electron_handoff.py``, PtyRAD is run by
-``peers/ptyrad_electron.py`` (its recommended "standard" settings, and once more with one
-probe mode, our model complexity), and its object is scored with the same metric and mask.
-The side-by-side table goes to experiments/out/bench_electron_peers.json.
+``--peers ptyrad ptyrad_1mode`` also runs PtyRAD (its own virtual environment,
+``--ptyrad-python``) on the very same simulated files of ``monolayer`` and ``depth``, in the
+same run and with the same thread count: the hand-off file is written by
+``peers/electron_handoff.py``, PtyRAD is run by ``peers/ptyrad_electron.py`` with the settings
+of its "standard" template (``ptyrad``: 6 probe modes; ``ptyrad_1mode``: one coherent probe,
+our model complexity) for as many iterations as our epochs (``--peer-iterations``), and its
+object is scored with the same metric and mask. Seconds per epoch are medians over epochs
+(iterations), set-up excluded, with load averages beside them; on shared cores the process
+CPU seconds per epoch (all threads, set-up included, ``cpu_s_per_epoch``) is the steadier
+figure. The side-by-side
+table goes to experiments/out/bench_electron_peers.json (``--out``).
 """
 
 from __future__ import annotations
@@ -95,9 +100,9 @@ class PeerOptions:
     threads: int
 
 
-# peer runs per name: (label, script, extra arguments)
-PEERS = {"ptyrad": [("ptyrad", "ptyrad_electron.py", ["--probe-modes", "6"]),
-                    ("ptyrad_1mode", "ptyrad_electron.py", ["--probe-modes", "1"])]}
+# peer runs by name: (script in peers/, its extra arguments)
+PEERS = {"ptyrad": ("ptyrad_electron.py", ["--probe-modes", "6"]),  # its standard template
+         "ptyrad_1mode": ("ptyrad_electron.py", ["--probe-modes", "1"])}  # our complexity
 
 
 def handoff_for(data: DiffractionData, result: Result, slices: int, thickness_m: float,
@@ -144,32 +149,35 @@ def run_peers(options: PeerOptions, data: DiffractionData, result: Result, slice
     handoff = with_ptyrad_layout(handoff_for(data, result, slices, thickness_m, iterations))
     shape = tuple(result.model.object.shape[-2:])
     table = {}
-    for name in options.names:
-        for label, script, arguments in PEERS[name]:
-            peer = run_peer(options.ptyrad_python, script, arguments, handoff, options.threads)
-            if "error" in peer:
-                table[label] = {"error": peer["error"]}
-                print(label, "failed:", peer["error"], flush=True)
-                continue
-            offset = handoff.object_offset_px
-            phase = crop_to_grid(peer["phase"], offset, shape, 0.0)
-            amplitude = crop_to_grid(peer["amplitude"], offset, shape, 1.0)
-            info = peer["info"]
-            table[label] = {
-                **score(phase, amplitude),
-                "seconds_per_epoch": float(np.median(peer["iteration_s"])),
-                "seconds_per_epoch_mean": float(np.mean(peer["iteration_s"])),
-                "iterations": len(peer["iteration_s"]), "wall_s": peer["wall_s"],
-                "final_loss": float(peer["loss"][-1]), "threads": info["threads"],
-                "load_average_before": info["load_average_before"],
-                "load_average_after": info["load_average_after"],
-                "version": info["version"], "probe_modes": info["probe_modes"]}
+    for label in options.names:
+        script, arguments = PEERS[label]
+        peer = run_peer(options.ptyrad_python, script, arguments, handoff, options.threads)
+        if "error" in peer:
+            table[label] = {"error": peer["error"]}
+            print(label, "failed:", peer["error"], flush=True)
+            continue
+        offset = handoff.object_offset_px
+        phase = crop_to_grid(peer["phase"], offset, shape, 0.0)
+        amplitude = crop_to_grid(peer["amplitude"], offset, shape, 1.0)
+        info = peer["info"]
+        table[label] = {
+            **score(phase, amplitude),
+            "seconds_per_epoch": float(np.median(peer["iteration_s"])),
+            "seconds_per_epoch_mean": float(np.mean(peer["iteration_s"])),
+            "cpu_s_per_epoch": info["cpu_s"] / len(peer["iteration_s"]),
+            "iterations": len(peer["iteration_s"]), "wall_s": peer["wall_s"],
+            "final_loss": float(peer["loss"][-1]), "threads": info["threads"],
+            "load_average_before": info["load_average_before"],
+            "load_average_after": info["load_average_after"],
+            "version": info["version"], "probe_modes": info["probe_modes"]}
     return table
 
 
 def monolayer(peers: PeerOptions | None = None) -> dict[str, float | dict]:
     data = diffrecon.simulate(CONFIGS / "electron_mos2.toml")
+    cpu = time.process_time()
     result, seconds = run(data, {}, ['model.object_kind="phase"', "recon.epochs=40"])
+    cpu = (time.process_time() - cpu) / len(result.history["loss/total"])
     model = result.model
     mask = model.truth_mask()
     truth = model.comparable(data.truth.object)
@@ -179,7 +187,8 @@ def monolayer(peers: PeerOptions | None = None) -> dict[str, float | dict]:
 
     out: dict[str, float | dict] = {
         **score(result.results["object"]), "final_loss": result.history["loss/total"][-1],
-        "seconds_per_epoch": seconds, "epoch_s_median": epoch_median(result)}
+        "seconds_per_epoch": seconds, "epoch_s_median": epoch_median(result),
+        "cpu_s_per_epoch": cpu}
     if peers is not None:
         out["peers"] = run_peers(peers, data, result, 1, 1e-9,
                                  lambda phase, amplitude: score(amplitude * np.exp(1j * phase)))
@@ -206,7 +215,9 @@ def lattice_depth_profile(phases: np.ndarray, spots: np.ndarray) -> np.ndarray:
 
 def depth(peers: PeerOptions | None = None) -> dict[str, float | list[float] | dict]:
     data = diffrecon.simulate(CONFIGS / "electron_gap.toml")
+    cpu = time.process_time()
     multi, seconds = run(data, CONFIGS / "electron_gap_recon.toml", [])
+    cpu = (time.process_time() - cpu) / len(multi.history["loss/total"])
     single, single_seconds = run(data, CONFIGS / "electron_gap_recon.toml",
                                  ["model.slices=1"])
     box = np.ix_(*[np.flatnonzero(multi.model.truth_mask().any(axis=a)) for a in (1, 0)])
@@ -227,6 +238,7 @@ def depth(peers: PeerOptions | None = None) -> dict[str, float | list[float] | d
 
     out: dict[str, float | list[float] | dict] = {
         "seconds_per_epoch": seconds, "epoch_s_median": epoch_median(multi),
+        "cpu_s_per_epoch": cpu,
         "single_slice_seconds_per_epoch": single_seconds, **score(multi.results["phase"]),
         "multislice_final_loss": multi.history["loss/total"][-1],
         "single_slice_final_loss": single.history["loss/total"][-1]}
@@ -260,14 +272,16 @@ def peer_table(results: dict) -> list[dict]:
         if "peers" not in result:
             continue
         ours = {"case": case, "package": "diffrecon", "seconds_per_epoch": result[
-            "epoch_s_median"], **{k: result[k] for k in keys[case]}}
+            "epoch_s_median"], "cpu_s_per_epoch": result["cpu_s_per_epoch"],
+            **{k: result[k] for k in keys[case]}}
         rows.append(ours)
         for label, peer in result["peers"].items():
             row = {"case": case, "package": label}
             row.update({"error": peer["error"]} if "error" in peer else {
                 "seconds_per_epoch": peer["seconds_per_epoch"],
-                **{k: peer[k] for k in keys[case]},
-                "ratio_ours_to_peer": result["epoch_s_median"] / peer["seconds_per_epoch"]})
+                "cpu_s_per_epoch": peer["cpu_s_per_epoch"], **{k: peer[k] for k in keys[case]},
+                "ratio_ours_to_peer": result["epoch_s_median"] / peer["seconds_per_epoch"],
+                "cpu_ratio_ours_to_peer": result["cpu_s_per_epoch"] / peer["cpu_s_per_epoch"]})
             rows.append(row)
     return rows
 
@@ -282,6 +296,8 @@ def main() -> None:
                         default=Path(os.environ.get("PTYRAD_PYTHON",
                                                     "/work/venvs/ptyrad/bin/python")),
                         help="the Python of PtyRAD's virtual environment")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "bench_electron_peers.json",
+                        help="the side-by-side table (with --peers)")
     parser.add_argument("--peer-iterations", type=int, default=None,
                         help="peer iterations (default: our epochs; PtyRAD's templates: 200)")
     args = parser.parse_args()
@@ -304,7 +320,7 @@ def main() -> None:
     table = peer_table(results)
     for row in table:
         print("  ".join(f"{key}={value}" for key, value in row.items()), flush=True)
-    (out / "bench_electron_peers.json").write_text(json.dumps(
+    args.out.write_text(json.dumps(
         {"threads": args.threads, "table": table, "cases": results}, indent=1))
 
 

@@ -36,6 +36,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +119,18 @@ def run(handoff_path: Path, result_path: Path, threads: int, probe_modes: int,
     params.pop("params_path", None)
     params = {**PtyRADParams(**params).model_dump(), "params_path": str(params_path)}
     load_before = os.getloadavg()
+    cpu_start = time.process_time()  # all threads: robust to other users of the cores
     solver = PtyRADSolver(params, device="cpu", seed=0, acc=None)
     solver.run()
+    cpu_seconds = time.process_time() - cpu_start
     model = solver.reconstruct_results
     phase = model.opt_objp.detach().cpu().numpy()[0]  # (omode, S, H, W) -> first object mode
     amplitude = model.opt_obja.detach().cpu().numpy()[0]
     losses = [float(loss) for _, loss in model.loss_iters]
     info = {"package": "ptyrad", "version": ptyrad.__version__, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "probe_modes": probe_modes,
-            "iterations": iterations, "load_average_before": list(load_before),
+            "iterations": iterations, "cpu_s": cpu_seconds,
+            "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()),
             "settings": "PtyRAD 1.0.0 standard template (see ptyrad_electron.py)"}
     write_result(result_path, phase, amplitude, list(model.iter_times), losses, info)
