@@ -21,8 +21,11 @@ from diffrecon.algorithms.recipe import make_algorithm
 from diffrecon.data import (
     arrays,
     cxi,
+    fpm,
     simulate_bragg,  # noqa: F401  (registers the "bragg" simulator)
+    simulate_fp,  # noqa: F401  (registers the "fourier_ptycho" simulator)
     simulate_stem,  # noqa: F401  (registers the "multislice" simulator)
+    simulate_tomo,  # noqa: F401  (registers the "ptycho_tomo" simulator)
 )
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
@@ -76,7 +79,10 @@ class Result:
 
 def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
     """Read a data file: CXI or the plain HDF5 layout, or a bare NPY/NPZ/TIFF intensity
-    (a CDI pattern or volume; see README)."""
+    (a CDI pattern or volume; see README), or a Fourier-ptychography HDF5 file, TOML/JSON
+    description or folder (``data.fpm``)."""
+    if fpm.is_fp_source(path):
+        return fpm.load_fp(path)
     if arrays.is_array_file(path):
         return arrays.load_array(path)
     return cxi.load(path, lazy=lazy)
@@ -115,6 +121,7 @@ def reconstruct(
     config: RunConfig | str | Path | dict[str, Any] | None = None, *,
     out: str | Path | None = None, resume: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (), lazy: bool = False,
+    initial: dict[str, Any] | None = None,
 ) -> Result:
     """Reconstruct ``data`` with the registered ``modality``; write a run folder if ``out``.
 
@@ -128,6 +135,9 @@ def reconstruct(
             ``overrides`` on top (e.g. more epochs).
         overrides: ``section.key=value`` strings, as ``--set`` on the command line.
         lazy: read patterns from the file batch by batch (data larger than memory).
+        initial: starting values by canonical parameter name (e.g. ``{"object": ...,
+            "probe": ...}`` from a network, see ``diffrecon.infer``), each of the model's
+            shape; given a probe, the model's own probe candidates are not tried.
 
     Launched by torchrun (``recon.distributed``, default "auto"), every process runs this
     call on its share of each minibatch and returns the same result; only rank 0 writes
@@ -154,22 +164,40 @@ def reconstruct(
         if state is None and run_config.recon.starts > 1:
             best, results, metrics = multistart(
                 data, run_config,
-                lambda start: _reconstruct_once(data, start, None, None, lazy, comm))
+                lambda start: _reconstruct_once(data, start, None, None, lazy, comm, initial))
             out_dir = Path(out) if out is not None else None
             if out_dir is not None:
                 _write_run_folder(out_dir, run_config, results, best.history, metrics)
             return Result(best.model, results, best.history, metrics, out_dir)
-        return _reconstruct_once(data, run_config, state, out, lazy, comm)
+        return _reconstruct_once(data, run_config, state, out, lazy, comm, initial)
+
+
+def _set_initial(model: ForwardModel, initial: dict[str, Any]) -> None:
+    """Copy user starting values into the model's named parameters (shape-checked)."""
+    fields = model.named_fields()
+    for name, value in initial.items():
+        if name not in fields:
+            raise ConfigError(f"initial value '{name}': the model has no such parameter "
+                              f"(known: {', '.join(sorted(fields))})")
+        tensor = torch.as_tensor(np.asarray(value)).to(fields[name].dtype)
+        if tuple(tensor.shape) != tuple(fields[name].shape):
+            raise ConfigError(f"initial value '{name}': expected shape "
+                              f"{tuple(fields[name].shape)}, found {tuple(tensor.shape)}")
+        with torch.no_grad():
+            fields[name].copy_(tensor)
 
 
 def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
                       out: str | Path | None, lazy: bool,
-                      comm: distributed.Communicator) -> Result:
+                      comm: distributed.Communicator,
+                      initial: dict[str, Any] | None = None) -> Result:
     """One reconstruction of validated ``data`` (from ``state`` when resuming)."""
     model_cls = models.get(run_config.modality)
     device = comm.device
     generator = torch.Generator().manual_seed(run_config.recon.seed)
     model = model_cls.from_data(data, run_config.model, generator=generator, device=device)
+    if initial:
+        _set_initial(model, initial)
     comm.broadcast_module(model)  # all ranks start equal whatever their random state
     objective = Objective(run_config.loss, data.num_patterns)
     batches = PatternBatches(data, model.propagator, device, lazy=lazy,
@@ -185,7 +213,7 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
                           "distributed (torchrun); data-parallel runs support gradient, epie "
                           "and rpie")
     make_run = _run_factory(model, batches, objective, algorithm, run_config, comm)
-    if state is None:
+    if state is None and "probe" not in (initial or {}):
         candidates = model.initial_guesses(data)
         if len(candidates) > 1:
             select_initial_guess(model, candidates, make_run)
@@ -242,6 +270,9 @@ def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(run_config))
+    if "atoms_xyz" in results:  # traced atoms (ptycho_tomo) as an XYZ file
+        results = dict(results)
+        (out / "atoms.xyz").write_text(results.pop("atoms_xyz"))
     arrays = {k: np.asarray(v) for k, v in results.items() if np.ndim(v) > 0}
     attrs: dict[str, Any] = {k: v for k, v in results.items() if np.ndim(v) == 0}
     for key in ("pixel_size_m", "origin_m"):

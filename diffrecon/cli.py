@@ -69,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default=None, help="torch device, e.g. cuda")
     rec.add_argument("--lazy", action="store_true", help="read patterns batch by batch")
 
+    trn = sub.add_parser("train", parents=[common], help="train an inversion network")
+    trn.add_argument("config", nargs="?", default=None, help="training TOML (see README)")
+    trn.add_argument("--out", required=True, help="run folder (model.pt, tensorboard/, ...)")
+    trn.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    trn.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+    inf = sub.add_parser("infer", parents=[common], help="stitch a network's predictions")
+    inf.add_argument("model", help="model.pt written by 'diffrecon train'")
+    inf.add_argument("data", help="CXI or HDF5 ptychography data file")
+    inf.add_argument("--out", required=True, help="run folder")
+    inf.add_argument("--refine", type=int, default=0, metavar="N",
+                     help="then N epochs of the iterative solver from the network's result")
+    inf.add_argument("--finetune", type=int, default=0, metavar="N",
+                     help="first N self-supervised fine-tuning steps on these patterns")
+    inf.add_argument("--config", default=None, help="run configuration TOML of the refinement")
+    inf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
     ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a data file")
     ins.add_argument("data")
     ins.add_argument("--modality", default="ptycho")
@@ -98,6 +115,8 @@ def _summary(result: object, seconds: float) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from diffrecon import api
+    from diffrecon.learn.api import infer as api_infer
+    from diffrecon.learn.api import train as api_train
 
     quiet = ["log.progress=false"] if args.quiet else []
     if args.command == "config":
@@ -109,6 +128,23 @@ def _run(args: argparse.Namespace) -> int:
             args.config, modality=args.modality, out=args.out, overrides=args.overrides
         )
         print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
+    elif args.command == "train":
+        run = api_train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
+        if run.out is not None:
+            final = {k: v[-1] for k, v in run.history.items() if v}
+            print(f"trained in {run.seconds:.1f} s: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in final.items()) + f"\nmodel: {run.out / 'model.pt'}")
+    elif args.command == "infer":
+        start = time.perf_counter()
+        result = api_infer(args.model, args.data, out=args.out, refine=args.refine,
+                           finetune=args.finetune, config=args.config,
+                           overrides=list(args.overrides) + quiet)
+        if args.refine:
+            print(_summary(result, time.perf_counter() - start))
+        else:
+            metrics = "".join(f"; {k} = {v:.4g}" for k, v in result.metrics.items())
+            print(f"stitched in {time.perf_counter() - start:.1f} s{metrics}"
+                  f"\nrun folder: {args.out}")
     elif args.command == "import-stem":
         data = api.import_4dstem(
             args.data, args.calibration, out=args.out, overrides=args.overrides

@@ -58,19 +58,19 @@ def build_config(values: dict[str, Any] | None = None, *, modality: str | None =
         values["modality"] = modality
     name = values.get("modality", RunConfig.modality)
     model_cls = models.get(name)
-    values = _merge(model_cls.run_defaults, values)
+    values = merge_tables(model_cls.run_defaults, values)
     model_values = values.pop("model", {}) or {}
     run = cfg.from_dict(RunConfig, values)
     run.model = cfg.from_dict(model_cls.Config, model_values, "model")
     return run
 
 
-def _merge(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """``values`` over ``defaults``, nested tables merged key by key."""
     out = dict(defaults)
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out

@@ -247,6 +247,33 @@ def _probe_panels(results: Mapping[str, Any]) -> list[Panel]:
     ]
 
 
+def _led_panels(results: Mapping[str, Any]) -> list[Panel]:
+    """Fourier ptychography: Zernike coefficients of the pupil, LEDs calibrated vs nominal."""
+    noll = np.asarray(results["zernike_noll"])
+    waves = np.asarray(results.get("pupil_zernike_waves", np.zeros(len(noll))))
+    nominal = np.asarray(results["led_positions_nominal_m"]) * 1e3
+    found = np.asarray(results["led_positions_m"]) * 1e3
+    bright = np.asarray(results.get("brightfield", np.zeros(len(found), bool)), bool)
+
+    def bars(ax: Axes) -> None:
+        ax.bar(noll, waves)
+        ax.set_xlabel("Noll index", fontsize=8)
+        ax.set_ylabel("waves rms", fontsize=8)
+        ax.set_title("pupil Zernike coefficients", fontsize=9)
+
+    def leds(ax: Axes) -> None:
+        ax.scatter(nominal[:, 1], nominal[:, 0], s=12, facecolors="none", edgecolors="gray",
+                   label="nominal")
+        ax.scatter(found[~bright, 1], found[~bright, 0], s=5, c="tab:blue", label="dark-field")
+        ax.scatter(found[bright, 1], found[bright, 0], s=5, c="tab:orange", label="bright-field")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=6)
+        na = float(results.get("synthetic_na", float("nan")))
+        ax.set_title(f"LEDs (mm), synthetic NA {na:.3g}", fontsize=9)
+
+    return [bars, leds]
+
+
 def _curve_panels(history: Mapping[str, Sequence[float]]) -> list[Panel]:
     """Semilog-y ``loss`` vs epoch, and all ``metric/<name>`` curves in a second panel."""
     panels: list[Panel] = []
@@ -305,7 +332,9 @@ def save_report(
             ``positions_px`` (N, 2) (y, x) in object pixels (probe-window corners when ``probe``
             is present): scatter over the object amplitude, with ``positions_initial_px`` and
             displacement lines if present. ``support`` (H, W), ``pattern`` (H, W) counts
-            (shown as log10(1 + x)), ``pupil`` complex (H, W).
+            (shown as log10(1 + x)), ``pupil`` complex (H, W). Fourier ptychography (with
+            ``led_positions_m`` and ``zernike_noll``): a bar chart of ``pupil_zernike_waves``
+            and the calibrated vs ``led_positions_nominal_m`` LED positions.
         history: per-epoch curves; ``loss`` (semilog-y) and any ``metric/<name>`` (NaN = epoch
             without a value).
         title: figure title.
@@ -331,6 +360,8 @@ def save_report(
     if "pupil" in results:
         pupil = complex_to_rgb(np.asarray(results["pupil"]))
         panels.append(lambda ax: _image(ax, pupil, "pupil", colorbar=False))
+    if "led_positions_m" in results and "zernike_noll" in results:
+        panels += _led_panels(results)
     panels += _curve_panels(history)
     columns = min(COLUMNS, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))

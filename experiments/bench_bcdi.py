@@ -46,7 +46,7 @@ from bench_cdi import fft_floor  # the same FFT-floor measurement as the CDI ben
 import diffrecon
 from diffrecon.data.simulate_bragg import BraggSimulation, bragg_scene, simulate_bragg
 from diffrecon.losses.metrics import align
-from diffrecon.physics.volume import lab_frame_maps, lab_grid, phase_vortices
+from diffrecon.physics.bragg import lab_frame_maps, lab_grid, phase_vortices
 
 HERE = Path(__file__).parent
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.report=false"]

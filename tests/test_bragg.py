@@ -21,8 +21,7 @@ from diffrecon.data.simulate_bragg import BraggSimulation, bragg_scene, simulate
 from diffrecon.errors import DataFormatError
 from diffrecon.losses.metrics import align
 from diffrecon.models.bragg import Bragg, BraggConfig
-from diffrecon.physics.fft import fftnc
-from diffrecon.physics.volume import (
+from diffrecon.physics.bragg import (
     BraggGeometry,
     centred_positions,
     lab_frame_maps,
@@ -30,6 +29,7 @@ from diffrecon.physics.volume import (
     strain_along,
     unwrap_phase,
 )
+from diffrecon.physics.fft import fftnc
 
 QUIET = ["log.progress=false", "log.tensorboard=false"]
 GEOMETRY = BraggGeometry(wavelength_m=1.3776e-10, distance_m=1.0, pixel_size_m=(55e-6, 75e-6),

@@ -69,22 +69,34 @@ def projected_potential(shape: tuple[int, int], pixel_size_m: tuple[float, float
     Pixel [0, 0] sits at ``origin_m``; the grid is periodic, so atoms closer than ~1 A to an
     edge spill over to the opposite one.
     """
-    ky = np.fft.fftfreq(shape[0], d=pixel_size_m[0])[:, None]
-    kx = np.fft.fftfreq(shape[1], d=pixel_size_m[1])[None, :]
-    k2 = ky**2 + kx**2
+    return potential_grid(shape, pixel_size_m, origin_m, positions_m, elements, chunk)
+
+
+def potential_grid(shape: tuple[int, ...], pixel_size_m: tuple[float, ...],
+                   origin_m: tuple[float, ...], positions_m: np.ndarray, elements: list[str],
+                   chunk: int = 256) -> np.ndarray:
+    """Atom potentials on a periodic grid of any dimension d (2: projected, 3: volume).
+
+    Each atom is the module's two Gaussians (rms width s on every axis), whose integral over
+    the d axes is 2 pi a0 e f_e(0): the result is v_z in V m for d = 2 and V in volts for
+    d = 3. Pixel [0, ..., 0] sits at ``origin_m``; ``positions_m`` is (N, d) in axis order.
+    """
+    frequencies = [np.fft.fftfreq(n, d=p) for n, p in zip(shape, pixel_size_m, strict=True)]
+    k2 = sum(np.meshgrid(*[f**2 for f in frequencies], indexing="ij"))
     spectrum = np.zeros(shape, dtype=np.complex128)
-    relative = np.asarray(positions_m) - np.asarray(origin_m)
+    relative = np.asarray(positions_m, dtype=np.float64) - np.asarray(origin_m)
+    axes = "abcdefgh"[: len(shape)]
+    rule = ",".join(f"n{a}" for a in axes) + "->" + axes
     for element in sorted(set(elements)):
         form = sum(w * np.exp(-2 * math.pi**2 * s**2 * k2) for w, s in GAUSSIANS)
         form = form * POTENTIAL_PER_SCATTERING_LENGTH * SCATTERING_LENGTH_M[element]
         sites = relative[[e == element for e in elements]]
         phases = np.zeros(shape, dtype=np.complex128)
         for start in range(0, len(sites), chunk):
-            y, x = sites[start : start + chunk, 0], sites[start : start + chunk, 1]
-            ey = np.exp(-2j * math.pi * ky[None, :, 0] * y[:, None])  # (n, H)
-            ex = np.exp(-2j * math.pi * kx[None, 0, :] * x[:, None])  # (n, W)
-            phases += ey.T @ ex
+            block = sites[start : start + chunk]
+            factors = [np.exp(-2j * math.pi * f[None, :] * block[:, axis, None])
+                       for axis, f in enumerate(frequencies)]
+            phases += np.einsum(rule, *factors)
         spectrum += form * phases
-    # the inverse DFT sums to a density per pixel; divide by the pixel area for V m
-    area = pixel_size_m[0] * pixel_size_m[1]
-    return np.fft.ifft2(spectrum).real / area
+    # the inverse DFT sums to a density per pixel; divide by the pixel area (volume)
+    return np.fft.ifftn(spectrum).real / float(np.prod(pixel_size_m))

@@ -9,7 +9,7 @@ metadata (CXI: attributes of ``entry_1``; plain HDF5: root attributes; NPZ: scal
     bragg_rocking_step_deg   sample rotation between frames, degrees
     bragg_rocking_axis       "x" (vertical-geometry eta/theta circle) or "y" (phi circle)
 
-(see :mod:`diffrecon.physics.volume` for the convention). Values given in the model config
+(see :mod:`diffrecon.physics.bragg` for the convention). Values given in the model config
 (``model.delta_deg`` ...) take precedence, so a bare ``.npy`` stack works with ``--set``.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from diffrecon.data.container import DiffractionData
 from diffrecon.errors import DataFormatError
-from diffrecon.physics.volume import BraggGeometry
+from diffrecon.physics.bragg import BraggGeometry
 
 KEYS = {"delta_deg": "bragg_delta_deg", "gamma_deg": "bragg_gamma_deg",
         "rocking_step_deg": "bragg_rocking_step_deg", "rocking_axis": "bragg_rocking_axis"}

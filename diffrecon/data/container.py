@@ -56,6 +56,9 @@ class DiffractionData:
         truth: ground truth for simulated data, or None.
         source: where the data came from (a file path), used in error messages.
         metadata: free-form strings (instrument, sample, simulation settings).
+        angles_rad: sample orientation of each pattern, shape (N, 3), radians, or None (a
+            tilt series: tilt about y, tilt about x, rotation about the beam; see
+            ``physics.volume``). Patterns sharing a row belong to one tilt.
     """
 
     patterns: PatternStore
@@ -68,6 +71,7 @@ class DiffractionData:
     truth: Truth | None = None
     source: str = "<memory>"
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    angles_rad: np.ndarray | None = None
 
     @property
     def num_patterns(self) -> int:
@@ -129,6 +133,13 @@ class DiffractionData:
         ):
             if not (np.isfinite(value) and value > 0):
                 raise DataFormatError(src, key, "a positive number", f"{value}")
+        if self.angles_rad is not None:
+            angles = np.asarray(self.angles_rad)
+            if angles.shape != (n, 3) or not np.all(np.isfinite(angles)):
+                raise DataFormatError(src, "entry_1/sample_1/geometry_1/angles",
+                                      f"finite ({n}, 3) tilt angles in radians (one row per "
+                                      "pattern)", f"shape {angles.shape}" if angles.shape != (
+                                          n, 3) else "NaN or Inf")
         # a mask per voxel only for a 3D volume (CDI): per-pattern masks are not supported
         shapes = [(h, w)] if needs_positions else [(h, w), (n, h, w)]
         if self.valid is not None and tuple(np.shape(self.valid)) not in shapes:

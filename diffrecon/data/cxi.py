@@ -8,6 +8,9 @@ CXI (https://www.cxidb.org/cxi.html; what :func:`save` writes):
                                                       is accepted instead)
     ``entry_1/sample_1/geometry_1/translation``       (N, 3) x, y, z metres (note: x first!);
                                                       ``entry_1/data_1/translation`` is accepted
+    ``entry_1/sample_1/geometry_1/angles``            optional (N, 3) sample orientation per
+                                                      pattern, radians (a tilt series: tilt
+                                                      about y, about x, about the beam)
     ``entry_1/instrument_1/source_1/energy``          photon energy in joules (a value > 1 is
                                                       taken as eV, noted in metadata); or
     ``entry_1/instrument_1/source_1/wavelength``      wavelength in metres
@@ -20,8 +23,9 @@ CXI (https://www.cxidb.org/cxi.html; what :func:`save` writes):
 
 Plain HDF5 (for quick hand-made files):
     ``patterns`` (N, H, W); ``positions_m`` (N, 2) y, x metres; optional ``mask`` (H, W),
-    non-zero = bad; optional ``probe``; optional ``truth`` group; root attributes
-    ``wavelength_m`` or ``energy_ev``, ``distance_m``, ``pixel_size_m`` (scalar or (y, x)).
+    non-zero = bad; optional ``probe``; optional ``angles_rad`` (N, 3) radians; optional
+    ``truth`` group; root attributes ``wavelength_m`` or ``energy_ev``, ``distance_m``,
+    ``pixel_size_m`` (scalar or (y, x)).
 
 Truth group (written by the simulator): datasets ``object``, optional ``probe`` and
 ``positions_m`` (N, 2) y, x metres; attributes ``pixel_size_m`` (2,) and ``origin_m`` (2,).
@@ -46,6 +50,7 @@ DATA = "entry_1/data_1/data"
 DETECTOR_DATA = "entry_1/instrument_1/detector_1/data"
 TRANSLATION = "entry_1/sample_1/geometry_1/translation"
 DATA_TRANSLATION = "entry_1/data_1/translation"
+ANGLES = "entry_1/sample_1/geometry_1/angles"
 SOURCE = "entry_1/instrument_1/source_1"
 DETECTOR = "entry_1/instrument_1/detector_1"
 ILLUMINATION = f"{SOURCE}/illumination"
@@ -233,6 +238,7 @@ def _read_cxi(handle: h5py.File, src: str) -> tuple[dict[str, Any], str]:
     probe = handle[ILLUMINATION][()].astype(np.complex64) if ILLUMINATION in handle else None
     fields = dict(wavelength_m=wavelength, distance_m=distance, positions_m=positions)
     fields.update(detector_pixel_size_m=(y_pixel, x_pixel), valid=valid, probe_guess=probe)
+    fields["angles_rad"] = _angles(handle, ANGLES)
     return {**fields, "truth": _read_truth(handle, src, TRUTH), "metadata": metadata}, key
 
 
@@ -282,9 +288,22 @@ def _read_plain(handle: h5py.File, src: str) -> tuple[dict[str, Any], str]:
         "valid": np.asarray(handle["mask"][()]) == 0 if "mask" in handle else None,
         "probe_guess": handle["probe"][()].astype(np.complex64) if "probe" in handle else None,
         "truth": _read_truth(handle, src, "truth"),
+        "angles_rad": _angles(handle, "angles_rad"),
         "metadata": {k: str(read_attr(v)) for k, v in attrs.items() if k not in known},
     }
     return fields, "patterns"
+
+
+def _angles(handle: h5py.File, key: str) -> np.ndarray | None:
+    """Per-pattern orientations (N, 3) in radians, or None; shapes are checked by
+    ``DiffractionData.validate``."""
+    if key not in handle:
+        return None
+    try:
+        return np.asarray(handle[key][()], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataFormatError(handle.filename, key, "(N, 3) tilt angles in radians",
+                              f"a {handle[key].dtype} array") from None
 
 
 def _read_truth(handle: h5py.File, src: str, key: str) -> Truth | None:
@@ -325,6 +344,9 @@ def save(data: DiffractionData, path: str | os.PathLike[str], *, chunk: int = 25
             translation = np.zeros((positions.shape[0], 3))
             translation[:, 0], translation[:, 1] = positions[:, 1], positions[:, 0]
             handle.create_dataset(TRANSLATION, data=translation)
+        if data.angles_rad is not None:
+            handle.create_dataset(ANGLES, data=np.asarray(data.angles_rad, dtype=np.float64))
+            handle[ANGLES].attrs["units"] = "rad"
         handle.create_dataset(f"{SOURCE}/energy", data=HC_J_M / data.wavelength_m)
         handle[f"{SOURCE}/energy"].attrs["units"] = "J"
         handle.create_dataset(f"{DETECTOR}/distance", data=float(data.distance_m))
@@ -394,6 +416,11 @@ def inspect_text(data: DiffractionData) -> str:
             f"scan:             {len(positions)} positions, extent {extent[0]:.4g} x "
             f"{extent[1]:.4g} um (y, x), mean step {_mean_step_m(positions) * 1e6:.4g} um"
         )
+    if data.angles_rad is not None:
+        tilts = np.unique(np.asarray(data.angles_rad), axis=0)
+        degrees = np.degrees(tilts[:, 0])
+        lines.append(f"tilt series:      {len(tilts)} tilts, {degrees.min():.4g} to "
+                     f"{degrees.max():.4g} deg about y")
     masked = int(valid.size - valid.sum())
     lines += [
         f"masked pixels:    {100 * masked / max(valid.size, 1):.3g} % ({masked} of {valid.size})",

@@ -162,12 +162,9 @@ def _scan(config: PtychoSimulation, step_m: float, rng: np.random.Generator) -> 
     return scans.concentric(rings, step_m)
 
 
-def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
-    """A far-field ptychography data set with Poisson (or other) noise and its ground truth."""
-    from diffrecon.models.ptycho import Ptycho, PtychoConfig
-
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+def simulation_probe(config: PtychoSimulation) -> tuple[torch.Tensor, float]:
+    """The probe modes (M, n, n) complex64 of a ptychography simulation and the sample-plane
+    pixel size in metres (shared with the training-data generators of ``diffrecon.learn``)."""
     wavelength = optics.xray_wavelength_m(config.energy_ev)
     n = config.frame_px
     if config.geometry == "far_field":
@@ -179,6 +176,18 @@ def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
     else:
         pixel = config.detector_pixel_m
     probe = build_probe(config.probe, n, pixel, wavelength, config.photons_per_pattern)
+    return probe, pixel
+
+
+def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
+    """A far-field ptychography data set with Poisson (or other) noise and its ground truth."""
+    from diffrecon.models.ptycho import Ptycho, PtychoConfig
+
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    wavelength = optics.xray_wavelength_m(config.energy_ev)
+    n = config.frame_px
+    probe, pixel = simulation_probe(config)
     step = probe_diameter_px(probe) * (1 - config.overlap) * pixel
     true_positions = _scan(config, step, rng)
     written = true_positions + rng.standard_normal(true_positions.shape) * (

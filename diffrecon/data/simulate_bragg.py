@@ -3,7 +3,7 @@
 Registered as the ``bragg`` simulator. The crystal (a cube truncated by {111} facets, randomly
 oriented, edges anti-aliased over one voxel) and its displacement field are defined in the
 laboratory frame and sampled at the object voxels' lab positions ``r = A m`` of the detector
-geometry (:mod:`diffrecon.physics.volume`); the vertical-geometry rocking curve (rocking about
+geometry (:mod:`diffrecon.physics.bragg`); the vertical-geometry rocking curve (rocking about
 x, detector at delta = 2 theta_B) is the ``bragg`` model's forward FFT of
 ``rho = |rho| exp(i Q . u)``, with Poisson noise. Displacement fields (component along Q):
 
@@ -30,7 +30,7 @@ from diffrecon.data.simulate import Beamline, Simulator, simulate_patterns, simu
 from diffrecon.errors import ConfigError
 from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.physics import optics
-from diffrecon.physics.volume import BraggGeometry, centred_positions, lab_voxel_size_m
+from diffrecon.physics.bragg import BraggGeometry, centred_positions, lab_voxel_size_m
 
 Tensor = torch.Tensor
 

@@ -27,7 +27,9 @@ from diffrecon.physics.optics import electron_wavelength_m, interaction_constant
 
 
 @dataclasses.dataclass
-class STEMSimulation:
+class STEMScan:
+    """The beam, probe, scan, dose and noise of a simulated 4D-STEM scan."""
+
     modality: str = doc("multislice", "registered modality to simulate")
     seed: int = doc(0, "random seed (noise)")
     voltage_v: float = doc(80e3, "accelerating voltage, volts")
@@ -39,10 +41,14 @@ class STEMSimulation:
     scan_shape: list[int] = doc([16, 16], "scan points (rows, columns)")
     scan_step_m: float = doc(2e-10, "scan step, metres")
     dose_e_per_A2: float = doc(1e5, "electron dose per square angstrom")
+    noise: Literal["poisson", "none"] = doc("poisson", "noise model")
+
+
+@dataclasses.dataclass
+class STEMSimulation(STEMScan):
     structure: Literal["mos2", "mos2_gap"] = doc("mos2", "built-in sample")
     layer_gap_m: float = doc(10e-9, "mos2_gap: distance between the two layers, metres")
     twist_deg: float = doc(30.0, "mos2_gap: rotation of the second layer, degrees")
-    noise: Literal["poisson", "none"] = doc("poisson", "noise model")
 
 
 def layer_phases(config: STEMSimulation, shape: tuple[int, int],
@@ -61,10 +67,8 @@ def layer_phases(config: STEMSimulation, shape: tuple[int, int],
     return np.stack(out)
 
 
-def simulate_stem(config: STEMSimulation) -> DiffractionData:
-    """A 4D-STEM data set (patterns flattened over the scan) with its ground truth."""
-    from diffrecon.models.multislice import Multislice, MultisliceConfig
-
+def scan_geometry(config: STEMScan, sample: str) -> tuple[DiffractionData, torch.Tensor]:
+    """Zero patterns with the scan's geometry and metadata, and the true probe (1, n, n)."""
     wavelength = electron_wavelength_m(config.voltage_v)
     n, dx = config.frame_px, config.pixel_size_m
     rows, columns = config.scan_shape
@@ -75,7 +79,7 @@ def simulate_stem(config: STEMSimulation) -> DiffractionData:
                               coefficients, soft_edge_px=1.0, electrons=electrons)
     probe = probe.to(torch.complex64)[None]
     metadata = {
-        "simulation": f"4D-STEM {config.structure}", "seed": str(config.seed),
+        "simulation": sample, "seed": str(config.seed),
         "voltage_v": str(config.voltage_v), "convergence_mrad": str(config.convergence_mrad),
         "defocus_m": str(config.defocus_m), "cs_m": str(config.cs_m),
         "dose_e_per_A2": str(config.dose_e_per_A2), "scan_shape": f"{rows} {columns}",
@@ -85,6 +89,15 @@ def simulate_stem(config: STEMSimulation) -> DiffractionData:
         distance_m=1.0, detector_pixel_size_m=(wavelength / (n * dx),) * 2,
         positions_m=positions, probe_guess=probe.numpy(), metadata=metadata,
     )
+    return geometry, probe
+
+
+def simulate_stem(config: STEMSimulation) -> DiffractionData:
+    """A 4D-STEM data set (patterns flattened over the scan) with its ground truth."""
+    from diffrecon.models.multislice import Multislice, MultisliceConfig
+
+    geometry, probe = scan_geometry(config, f"4D-STEM {config.structure}")
+    positions, metadata = geometry.positions_m, geometry.metadata
     layers = 1 if config.structure == "mos2" else 2
     model = Multislice.from_data(geometry, MultisliceConfig(
         slices=layers, slice_thickness_m=config.layer_gap_m, object_kind="phase"))

@@ -136,6 +136,11 @@ class ForwardModel(nn.Module):
         """
         return []
 
+    def compact_batches(self, batch_size: int, seed: int) -> list[Tensor] | None:
+        """The model's own batches of pattern indices for ``recon.sampler = "compact"`` (e.g.
+        one tilt per batch), or None for k-means clusters of ``positions`` (the default)."""
+        return None
+
     def param_specs(self) -> dict[str, ParamSpec]:
         """Default optimisation plan for each named parameter."""
         raise NotImplementedError

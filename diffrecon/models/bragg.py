@@ -5,7 +5,7 @@ to the detector voxels (rocking frame, row, column); its far-field intensity is 
 rocking-curve volume. This is conventional 3D CDI (:class:`diffrecon.models.cdi.CDI`: support,
 shrinkwrap, HIO/ER/RAAR + Poisson refinement, multiple starts) on a non-orthogonal grid; this
 file adds only the geometry (read from the data, :mod:`diffrecon.data.bragg`), the peak
-centring and the physical outputs (:func:`diffrecon.physics.volume.lab_frame_maps`): amplitude,
+centring and the physical outputs (:func:`diffrecon.physics.bragg.lab_frame_maps`): amplitude,
 unwrapped phase, displacement u . Q / |Q| (metres) and strain du_Q/ds on an orthonormal lab
 grid (z along the beam, y up, x = y cross z) with voxel sizes in metres.
 """
@@ -25,8 +25,8 @@ from diffrecon.data.container import DiffractionData
 from diffrecon.errors import DataFormatError
 from diffrecon.models.base import models
 from diffrecon.models.cdi import CDI, CDIConfig, measured_intensity
+from diffrecon.physics.bragg import BraggGeometry, lab_frame_maps, lab_voxel_size_m
 from diffrecon.physics.filters import autocorrelation_support
-from diffrecon.physics.volume import BraggGeometry, lab_frame_maps, lab_voxel_size_m
 
 Tensor = torch.Tensor
 

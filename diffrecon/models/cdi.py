@@ -61,8 +61,9 @@ class CDIConfig:
     )
     shrinkwrap_every: int = doc(20, "update the support every n epochs (0: never)")
     shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
-    shrinkwrap_sigma_px: tuple[float, float] = doc(
-        (3.0, 1.0), "shrinkwrap Gaussian sigma (start, end), pixels; decays geometrically"
+    shrinkwrap_sigma_px: tuple[float, float] | None = doc(
+        None, "shrinkwrap Gaussian sigma (start, end), pixels, decaying geometrically; none: "
+        "(3, 0.5) in 2D, (3, 1) in 3D (fewer counts per voxel need a smoother support)"
     )
     shrinkwrap_stop: float = doc(0.7, "freeze the support after this fraction of the epochs")
 
@@ -110,7 +111,7 @@ class CDI(ForwardModel):
     needs_positions = False
     alignment: ClassVar[dict[str, bool]] = {"allow_twin": True}
     run_defaults: ClassVar[dict[str, Any]] = {
-        "algorithm": {"name": "hio:1000,er:100,gradient:50"},
+        "algorithm": {"name": "hio:800,er:100,gradient:200"},
         "loss": {"likelihood": "poisson"},
         "recon": {"plateau_patience": 0, "checkpoint_every": 100},
         "log": {"metric_every": 25, "image_every": 100},
@@ -218,7 +219,17 @@ class CDI(ForwardModel):
 
         c = self.config
         return [Shrinkwrap(c.shrinkwrap_every, c.shrinkwrap_threshold,
-                           tuple(c.shrinkwrap_sigma_px), c.shrinkwrap_stop)]
+                           self.shrinkwrap_sigma(), c.shrinkwrap_stop)]
+
+    def shrinkwrap_sigma(self) -> tuple[float, float]:
+        """The configured shrinkwrap sigma schedule, or the default for the dimensionality:
+        the 2D end value 0.5 px was chosen on the 2D benchmark (75% of random starts below
+        NRMSE 0.1 against 15% with 1 px); in 3D the counts per voxel are lower and 0.5 px
+        lets noise cut the support (3D benchmark NRMSE 0.109 against 0.010 with 1 px)."""
+        sigma = self.config.shrinkwrap_sigma_px
+        if sigma is not None:
+            return (float(sigma[0]), float(sigma[1]))
+        return (3.0, 0.5) if self.object.dim() == 2 else (3.0, 1.0)
 
     def transmission(self, obj: Tensor) -> Tensor:
         """Exit wave of an object-space array: illumination * (obj + reference)."""

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from diffrecon.physics.fft import frequency_grid, ifftnc
+from diffrecon.physics.fft import fftnc, frequency_grid, ifftnc
 
 Tensor = torch.Tensor
 
@@ -87,6 +87,24 @@ class FarField(Propagator):
         # The native layout drops the (-1)^k factor of a centred exit wave; a field built in
         # the centred frame needs the centred inverse transform to come back centred.
         return ifftnc(detector_field, self.ndim)
+
+
+class Imaging(FarField):
+    """A lens from its back focal (pupil) plane to the image: the inverse orthonormal FFT.
+
+    For Fourier ptychography the exit wave is a DC-centred window of the object spectrum times
+    the pupil; the camera sees its inverse transform. Native layout as ``FarField``: the
+    intensity of ``ifft`` of a centred window is the uncentred (``ifftshift``-ed) image.
+    """
+
+    def forward(self, psi: Tensor) -> Tensor:
+        return torch.fft.ifftn(psi, dim=self._dims, norm="ortho")
+
+    def adjoint(self, field: Tensor) -> Tensor:
+        return torch.fft.fftn(field, dim=self._dims, norm="ortho")
+
+    def backpropagate(self, detector_field: Tensor) -> Tensor:
+        return fftnc(detector_field, self.ndim)
 
 
 def angular_spectrum_kernel(

@@ -1,358 +1,124 @@
-"""Bragg CDI geometry and strain analysis (pure functions; SI units at the boundary).
+"""Rotation and projection of 3D volumes, and SIRT tomography, all differentiable.
 
-Laboratory frame and diffractometer convention
-----------------------------------------------
-Every 3-vector is written in **(z, y, x)** component order, the axis order of the lab-frame
-arrays (D, H, W): ``z`` along the incident beam (downstream), ``y`` vertical up,
-``x = y cross z`` horizontal (right-handed; pointing left when looking downstream).
+A volume ``v`` has shape (D, H, W) = (z, y, x) with the beam along +z (the D axis) and cubic
+voxels. Voxel (k, i, j) sits at r = (k - (D-1)/2, i - (H-1)/2, j - (W-1)/2) voxels from the
+rotation centre (the volume centre). An orientation is three angles (radians):
 
-- Incident wavevector ``k_i = k z`` with ``k = 2 pi / lambda``.
-- Detector arm: out-of-plane angle ``delta`` (rotation about -x, detector moves up) then in-plane
-  angle ``gamma`` (rotation about y): ``k_f = k (cos d cos g, sin d, cos d sin g)``; scattering
-  vector ``Q = k_f - k_i`` (|Q| = 4 pi sin(theta) / lambda).
-- Detector plane normal to ``k_f`` at ``distance_m``; unit vectors ``e_v = R(up)`` and
-  ``e_h = R(x)`` (the arm rotation applied to y and x). Detector **rows** increase along
-  ``-e_v`` (downwards), **columns** along ``-e_h`` (to the right seen from the sample).
-- Rocking curve: the sample turns by ``step`` radians per frame about a lab axis ``x`` (the
-  vertical-geometry eta/theta circle) or ``y`` (the in-plane phi circle), right-handed; frames
-  are the first array axis.
+    angles = (a, b, c):  R = R_y(a) @ R_x(b) @ R_z(c)
 
-The detector voxel (frame n0, row n1, column n2), centred indices, probes the reciprocal-space
-point ``q = Q + B n`` in the crystal frame at the central rocking angle, with columns of ``B``
-(1/m) ``b_rock = -step * (axis cross Q)``, ``b_row = -k p_y / D e_v``, ``b_col = -k p_x / D e_h``
-(first order in the small angles of a Bragg peak). With the physical sign of the phase,
-``rho = |rho| exp(i Q . u)`` (Robinson & Harder, Nat. Mater. 8, 291 (2009)), and the centred
-forward FFT of the model, object voxel m (centred indices) sits at ``r = A m`` with
-``A = -2 pi (B^T)^-1 diag(1/N)`` (metres): q . r = -2 pi sum n_k m_k / N_k.
+acting on (z, y, x) column vectors: ``a`` is the tilt about the y axis (the usual tilt axis,
+it mixes z and x), ``b`` a tilt about x (mixes z and y) and ``c`` a rotation about the beam.
+The rotated volume is v_R(r) = v(R^T (r - s)) with ``s`` an in-plane shift (y, x) in voxels,
+evaluated by trilinear interpolation (``torch.nn.functional.grid_sample``), zero outside.
+Gradients flow to the volume, the angles and the shifts.
+
+``project`` sums the rotated volume along z (times the voxel size for a line integral);
+``sirt`` inverts it (simultaneous iterative reconstruction technique, Gilbert 1972) with the
+adjoint obtained by autograd, so projector and back-projector are matched exactly.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Literal
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
-AXES = {"x": np.array([0.0, 0.0, 1.0]), "y": np.array([0.0, 1.0, 0.0])}
 
 
-@dataclasses.dataclass(frozen=True)
-class BraggGeometry:
-    """A Bragg CDI measurement geometry (see the module docstring for the convention).
+def rotation_matrix(angles: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) in (z, y, x) order for ``angles`` (..., 3) radians.
 
-    Attributes:
-        wavelength_m: X-ray wavelength, metres.
-        distance_m: sample-detector distance, metres.
-        pixel_size_m: detector pixel (rows, columns), metres.
-        rocking_step_rad: sample rotation between frames, radians.
-        rocking_axis: lab axis of the rocking rotation, "x" or "y".
-        delta_rad: detector out-of-plane angle, radians.
-        gamma_rad: detector in-plane angle, radians.
+    R = R_y(a) R_x(b) R_z(c) (module docstring); R_y(a) maps (z, x) -> (z cos a - x sin a,
+    z sin a + x cos a), i.e. a right-handed rotation about y.
     """
+    a, b, c = angles.unbind(-1)
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
 
-    wavelength_m: float
-    distance_m: float
-    pixel_size_m: tuple[float, float]
-    rocking_step_rad: float
-    rocking_axis: Literal["x", "y"] = "x"
-    delta_rad: float = 0.0
-    gamma_rad: float = 0.0
+    def matrix(rows: list[list[Tensor]]) -> Tensor:
+        return torch.stack([torch.stack(row, -1) for row in rows], -2)
 
-    @property
-    def wavenumber(self) -> float:
-        """k = 2 pi / lambda, 1/m."""
-        return 2 * math.pi / self.wavelength_m
-
-    def arm(self) -> np.ndarray:
-        """Rotation (3, 3) of the detector arm, acting on (z, y, x) vectors."""
-        d, g = self.delta_rad, self.gamma_rad
-        # R_y(gamma) R_x(-delta), written directly in (z, y, x) component order
-        rx = np.array([[math.cos(d), -math.sin(d), 0.0], [math.sin(d), math.cos(d), 0.0],
-                       [0.0, 0.0, 1.0]])
-        ry = np.array([[math.cos(g), 0.0, -math.sin(g)], [0.0, 1.0, 0.0],
-                       [math.sin(g), 0.0, math.cos(g)]])
-        return ry @ rx
-
-    def q_bragg(self) -> np.ndarray:
-        """Scattering vector Q = k_f - k_i at the detector centre, (z, y, x), 1/m."""
-        k = self.wavenumber
-        return k * self.arm()[:, 0] - np.array([k, 0.0, 0.0])
-
-    def reciprocal_basis(self) -> np.ndarray:
-        """B (3, 3), 1/m: column j is the q step of one voxel along array axis j."""
-        k, arm = self.wavenumber, self.arm()
-        rock = -self.rocking_step_rad * np.cross(AXES[self.rocking_axis][::-1],
-                                                 self.q_bragg()[::-1])[::-1]
-        row = -k * self.pixel_size_m[0] / self.distance_m * arm[:, 1]
-        col = -k * self.pixel_size_m[1] / self.distance_m * arm[:, 2]
-        return np.stack([rock, row, col], axis=1)
-
-    def real_basis(self, shape: tuple[int, int, int]) -> np.ndarray:
-        """A (3, 3), metres: column j is the lab position step of one object voxel along axis j
-        of an array of ``shape`` (rocking, rows, columns)."""
-        inverse = np.linalg.inv(self.reciprocal_basis().T)
-        return -2 * math.pi * inverse / np.asarray(shape, dtype=np.float64)[None, :]
+    ca, sa, cb, sb, cc, sc = a.cos(), a.sin(), b.cos(), b.sin(), c.cos(), c.sin()
+    r_y = matrix([[ca, zero, -sa], [zero, one, zero], [sa, zero, ca]])
+    r_x = matrix([[cb, -sb, zero], [sb, cb, zero], [zero, zero, one]])
+    r_z = matrix([[one, zero, zero], [zero, cc, -sc], [zero, sc, cc]])
+    return r_y @ r_x @ r_z
 
 
-def centred_positions(shape: tuple[int, ...], basis: np.ndarray, *,
-                      dtype: torch.dtype = torch.float64) -> Tensor:
-    """Lab positions r = basis @ m of every voxel (centred indices m), shape (*shape, 3)."""
-    axes = [torch.arange(n, dtype=dtype) - n // 2 for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    return grid @ torch.as_tensor(basis, dtype=dtype).T
+def _sampling_grid(shape: tuple[int, int, int], angles: Tensor, shift_px: Tensor | None,
+                   dtype: torch.dtype) -> Tensor:
+    """``grid_sample`` grid (T, D, H, W, 3) in normalised (x, y, z) input coordinates."""
+    angles = angles.reshape(-1, 3).to(dtype)
+    half = torch.tensor([(n - 1) / 2 for n in shape], dtype=dtype, device=angles.device)
+    # source = R^T (r - s), in voxels about the centre, mapped to [-1, 1] per axis
+    inverse = rotation_matrix(angles).transpose(-1, -2)  # (T, 3, 3), (z, y, x)
+    theta = inverse * half[None, None, :] / half[None, :, None]
+    offset = torch.zeros(angles.shape[0], 3, dtype=dtype, device=angles.device)
+    if shift_px is not None:
+        shift = shift_px.reshape(-1, 2).to(dtype).expand(angles.shape[0], 2)
+        offset = torch.cat([offset[:, :1], shift], -1)
+    translation = -(inverse @ offset[..., None])[..., 0] / half
+    affine = torch.cat([theta, translation[..., None]], -1)  # (T, 3, 4) in (z, y, x)
+    affine = affine.flip(-2)  # rows (x, y, z)
+    affine = torch.cat([affine[..., :3].flip(-1), affine[..., 3:]], -1)  # columns (x, y, z)
+    size = (affine.shape[0], 1, *shape)
+    return F.affine_grid(affine, list(size), align_corners=True)
 
 
-def lab_voxel_size_m(basis: np.ndarray) -> float:
-    """Edge of the cube with the volume of one voxel of ``basis``, metres."""
-    return float(abs(np.linalg.det(basis)) ** (1 / 3))
-
-
-def resample(volume: Tensor, basis: np.ndarray, positions_m: Tensor) -> Tensor:
-    """Trilinear values of ``volume`` at lab positions (zero outside its box).
+def rotate_volume(volume: Tensor, angles: Tensor, shift_px: Tensor | None = None) -> Tensor:
+    """The volume rotated by ``angles`` (and shifted in-plane), trilinear, zero outside.
 
     Args:
-        volume: (D, H, W) real or complex, voxel m at lab position ``basis @ m``
-            (centred indices).
-        basis: (3, 3) metres, see :meth:`BraggGeometry.real_basis`.
-        positions_m: (..., 3) lab positions (z, y, x), metres.
+        volume: (D, H, W) real, float32 or float64, any units.
+        angles: (3,) or (T, 3) radians (module docstring).
+        shift_px: (2,) or (T, 2) in-plane shift (y, x) after rotation, voxels, or None.
 
     Returns:
-        (...) values, the dtype of ``volume``.
+        (D, H, W) for a single orientation, else (T, D, H, W); same dtype as ``volume``.
     """
-    shape = torch.tensor(volume.shape, dtype=torch.float64)
-    inverse = torch.as_tensor(np.linalg.inv(basis), dtype=torch.float64)
-    index = positions_m.to(torch.float64) @ inverse.T + torch.floor(shape / 2)
-    grid = (2 * index / (shape - 1) - 1).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D)
-    channels = torch.view_as_real(volume).movedim(-1, 0) if volume.is_complex() else volume[None]
-    real = channels.to(torch.float32 if volume.dtype in (torch.float32, torch.complex64)
-                       else torch.float64)
-    out = F.grid_sample(real[None], grid.reshape(1, 1, 1, -1, 3).to(real.dtype),
-                        mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.reshape(channels.shape[0], *positions_m.shape[:-1])
-    return torch.complex(out[0], out[1]) if volume.is_complex() else out[0]
+    grid = _sampling_grid(tuple(volume.shape), angles, shift_px, volume.dtype)
+    source = volume[None, None].expand(grid.shape[0], 1, *volume.shape)
+    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)[:, 0]
+    return out[0] if angles.dim() == 1 else out
 
 
-def lab_grid(shape: tuple[int, int, int], voxel_m: float, origin_m: np.ndarray) -> Tensor:
-    """Lab positions (z, y, x) of an orthonormal grid, shape (*shape, 3), metres:
-    voxel [i, j, l] at ``origin_m + voxel_m * (i, j, l)``."""
-    axes = [torch.arange(n, dtype=torch.float64) * voxel_m for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    return grid + torch.as_tensor(origin_m, dtype=torch.float64)
-
-
-def remove_phase_ramp(obj: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Remove the mean phase gradient and the mean phase inside ``mask``.
-
-    The slope along each axis is the angle of sum(conj(o[i]) o[i+1]) over neighbouring pairs
-    inside the mask (insensitive to wrapping); the global phase is that of the mask's sum.
+def project(volume: Tensor, angles: Tensor, shift_px: Tensor | None = None,
+            voxel_m: float = 1.0) -> Tensor:
+    """Line integrals along the beam of the rotated volume: (H, W) or (T, H, W).
 
     Args:
-        obj: (D, H, W) complex.
-        mask: (D, H, W) bool.
-
-    Returns:
-        The de-ramped object and the slopes (3,) in radians per voxel.
+        volume: (D, H, W) real, e.g. a potential in volts.
+        angles, shift_px: as :func:`rotate_volume`.
+        voxel_m: voxel size (the integration step), metres (1 gives plain sums).
     """
-    slopes = []
-    for axis in range(3):
-        pair = obj.narrow(axis, 1, obj.shape[axis] - 1) * obj.narrow(
-            axis, 0, obj.shape[axis] - 1).conj()
-        both = mask.narrow(axis, 1, mask.shape[axis] - 1) & mask.narrow(
-            axis, 0, mask.shape[axis] - 1)
-        slopes.append(torch.angle(torch.where(both, pair, 0).sum()))
-    slope = torch.stack(slopes).to(torch.float64)
-    positions = centred_positions(tuple(obj.shape), np.eye(3))
-    out = obj * torch.polar(torch.ones_like(positions[..., 0]), -(positions @ slope)).to(obj.dtype)
-    offset = torch.angle(torch.where(mask, out, 0).sum())
-    return out * torch.exp(-1j * offset).to(obj.dtype), slope
+    return rotate_volume(volume, angles, shift_px).sum(-3) * voxel_m
 
 
-def wrap(phase: Tensor) -> Tensor:
-    """Phase wrapped into [-pi, pi)."""
-    return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+def sirt(projections: Tensor, angles: Tensor, depth: int, *, iterations: int = 50,
+         relaxation: float = 1.0, positivity: bool = True,
+         shift_px: Tensor | None = None) -> Tensor:
+    """SIRT reconstruction (D, H, W) from projections (T, H, W) at ``angles`` (T, 3).
 
-
-def _divergence(fields: list[Tensor]) -> Tensor:
-    """Backward-difference divergence of forward-difference edge fields (periodic)."""
-    return sum((f - torch.roll(f, 1, axis) for axis, f in enumerate(fields)),
-               torch.zeros_like(fields[0]))
-
-
-def _poisson(source: Tensor) -> Tensor:
-    """x with (periodic, unweighted) Laplacian(x) = source, zero mean, by FFT."""
-    eigen = torch.zeros((), dtype=torch.float64, device=source.device)
-    for axis, n in enumerate(source.shape):
-        k = torch.arange(n, dtype=torch.float64, device=source.device)
-        eigen = eigen + (2 * torch.cos(2 * math.pi * k / n) - 2).reshape(
-            [-1 if a == axis else 1 for a in range(source.dim())])
-    spectrum = torch.fft.fftn(source) / torch.where(eigen == 0, 1.0, eigen)
-    spectrum.view(-1)[0] = 0
-    return torch.fft.ifftn(spectrum).real
-
-
-def unwrap_phase(phase: Tensor, mask: Tensor, *, iterations: int = 100,
-                 tolerance: float = 1e-9) -> Tensor:
-    """3D phase unwrapping: weighted least squares, then congruence with the wrapped phase.
-
-    The wrapped differences between neighbours that are both inside ``mask`` are integrated
-    by preconditioned conjugate gradients on the mask's weighted Laplacian, with the FFT
-    Poisson solver as preconditioner (Ghiglia & Romero, JOSA A 11, 107 (1994)); the result
-    is moved by whole turns onto the wrapped phase, so it equals ``phase`` mod 2 pi. Where
-    no phase field has these differences (a dislocation's vortex) a branch cut remains.
-
-    Args:
-        phase: (D, H, W) wrapped phase, radians.
-        mask: (D, H, W) bool, where the phase is meaningful.
-        iterations: at most this many conjugate-gradient steps.
-        tolerance: stop when the residual norm falls below this fraction of the source's.
-
-    Returns:
-        (D, H, W) float64 unwrapped phase, radians, zero mean-turns offset (zero outside).
+    x <- x + relaxation * C^-1 A^T R^-1 (p - A x), with R = A 1 (row sums) and C = A^T 1
+    (column sums); A is :func:`project` (voxel_m = 1) and A^T its autograd adjoint. With
+    ``positivity`` the iterate is clamped at 0 after each step.
     """
-    phase, inside = phase.to(torch.float64), mask.to(torch.float64)
-    weights = [inside * torch.roll(inside, -1, axis) for axis in range(3)]
+    shape = (depth, *projections.shape[-2:])
+    x = torch.zeros(shape, dtype=projections.dtype, device=projections.device)
 
-    def laplacian(x: Tensor) -> Tensor:  # minus the weighted Laplacian: positive semidefinite
-        return -_divergence([w * (torch.roll(x, -1, a) - x) for a, w in enumerate(weights)])
+    def adjoint(residual: Tensor) -> Tensor:
+        probe = torch.zeros_like(x, requires_grad=True)
+        with torch.enable_grad():
+            forward = project(probe, angles, shift_px)
+            (grad,) = torch.autograd.grad(forward, probe, residual)
+        return grad
 
-    source = -_divergence([w * wrap(torch.roll(phase, -1, a) - phase)
-                           for a, w in enumerate(weights)])
-    x, residual = torch.zeros_like(phase), source.clone()
-    z = -_poisson(residual)
-    direction, rz = z.clone(), float((residual * z).sum())
-    scale = float(source.norm())
+    ones = torch.ones_like(x)
+    rows = project(ones, angles, shift_px).clamp(min=1e-6)
+    columns = adjoint(torch.ones_like(projections)).clamp(min=1e-6)
     for _ in range(iterations):
-        if float(residual.norm()) <= tolerance * scale or rz == 0:
-            break
-        product = laplacian(direction)
-        step = rz / float((direction * product).sum())
-        x, residual = x + step * direction, residual - step * product
-        z = -_poisson(residual)
-        rz_new = float((residual * z).sum())
-        direction, rz = z + (rz_new / rz) * direction, rz_new
-    unwrapped = x + wrap(phase - x)
-    mean = (unwrapped * inside).sum() / inside.sum().clamp(min=1)
-    return (unwrapped - 2 * math.pi * torch.round(mean / (2 * math.pi))) * inside
-
-
-def phase_vortices(obj: Tensor, mask: Tensor) -> Tensor:
-    """Winding numbers of the phase round every elementary plaquette (dislocation cores).
-
-    Args:
-        obj: (D, H, W) complex.
-        mask: (D, H, W) bool; a plaquette counts when its four corners are inside.
-
-    Returns:
-        (3, D, H, W) int64: entry [a, i] is the phase winding (turns) round the square with
-        corner i spanned by the two axes other than a (a phase vortex line along axis a
-        pierces it when non-zero).
-    """
-    out = []
-    for axis in range(3):
-        b, c = [k for k in range(3) if k != axis]
-
-        def step(x: Tensor, shift: int, dim: int) -> Tensor:
-            return torch.roll(x, -shift, dim)
-
-        corners = [obj, step(obj, 1, b), step(step(obj, 1, b), 1, c), step(obj, 1, c)]
-        inside = mask & step(mask, 1, b) & step(step(mask, 1, b), 1, c) & step(mask, 1, c)
-        total = sum(torch.angle(corners[(k + 1) % 4] * corners[k].conj()) for k in range(4))
-        out.append(torch.where(inside, torch.round(total / (2 * math.pi)), 0).long())
-    return torch.stack(out)
-
-
-def erode(mask: Tensor, voxels: int) -> Tensor:
-    """``mask`` (D, H, W) bool shrunk by ``voxels`` (6-connected steps)."""
-    out = mask.clone()
-    for _ in range(voxels):
-        shrunk = out.clone()
-        for axis in range(3):
-            shrunk &= torch.roll(out, 1, axis) & torch.roll(out, -1, axis)
-        out = shrunk
-    return out
-
-
-def phase_gradient(obj: Tensor, voxel_m: float) -> Tensor:
-    """Central-difference phase gradient of a complex volume, (D, H, W, 3) (z, y, x), rad/m.
-
-    Uses angle(o[i+1] conj(o[i-1])) / (2 voxel), so no unwrapping is needed.
-    """
-    parts = [torch.angle(torch.roll(obj, -1, axis) * torch.roll(obj, 1, axis).conj())
-             for axis in range(3)]
-    return torch.stack(parts, dim=-1).to(torch.float64) / (2 * voxel_m)
-
-
-def strain_along(obj: Tensor, q_m: np.ndarray, voxel_m: float) -> Tensor:
-    """Strain component du_Q/ds along Q of a lab-frame complex density rho = |rho| exp(i Q.u).
-
-    Args:
-        obj: (D, H, W) complex on an orthonormal lab grid (z, y, x axes).
-        q_m: (3,) scattering vector (z, y, x), 1/m.
-        voxel_m: grid spacing, metres.
-
-    Returns:
-        (D, H, W) float64 dimensionless strain q_hat . grad(phi) / |Q| (meaningful where the
-        voxel and its neighbours are in the crystal).
-    """
-    q = torch.as_tensor(q_m, dtype=torch.float64)
-    norm = torch.linalg.norm(q)
-    return phase_gradient(obj, voxel_m) @ (q / norm) / norm
-
-
-def lab_frame_maps(obj: Tensor, support: Tensor, geometry: BraggGeometry, *,
-                   erosion_px: int = 2, margin_px: int = 3, remove_ramp: bool = True
-                   ) -> dict[str, np.ndarray]:
-    """Amplitude, phase, displacement and strain of a Bragg reconstruction on a lab grid.
-
-    The object (detector-conjugate grid) loses its mean phase ramp and phase (a ramp is a
-    misplaced Bragg peak: the mean strain and rotation are not measured once the peak is
-    centred), is resampled trilinearly onto an orthonormal lab grid of the same voxel volume
-    around the support, and its phase is unwrapped (:func:`unwrap_phase`).
-
-    Args:
-        obj: (D, H, W) complex, the reconstructed object (detector-conjugate grid).
-        support: (D, H, W) bool.
-        geometry: the measurement geometry.
-        erosion_px: lab voxels removed from the support edge where strain is reported.
-        margin_px: lab voxels kept around the support's bounding box.
-        remove_ramp: remove the mean phase gradient and phase (False for an object already
-            aligned with a reference, e.g. the ground truth).
-
-    Returns:
-        NumPy arrays on the lab grid (z, y, x axes; NaN outside the crystal where noted):
-        ``amplitude`` float32; ``phase`` unwrapped, radians (NaN outside); ``displacement_m``
-        u . Q / |Q| = phase / |Q|, metres (NaN outside); ``strain`` du_Q/ds (NaN outside the
-        eroded support); ``support_lab`` and ``strain_mask`` bool; ``lab_voxel_size_m`` (3,);
-        ``lab_origin_m`` (3,) lab position of voxel [0, 0, 0] relative to the crystal centre;
-        ``q_bragg`` (3,) 1/m (z, y, x).
-    """
-    basis = geometry.real_basis(tuple(obj.shape))  # type: ignore[arg-type]
-    voxel = lab_voxel_size_m(basis)
-    flat = remove_phase_ramp(obj, support)[0] if remove_ramp else obj
-    inside = centred_positions(tuple(obj.shape), basis)[support.cpu()]
-    low = inside.amin(0).numpy() - margin_px * voxel
-    high = inside.amax(0).numpy() + margin_px * voxel
-    shape = tuple(int(n) for n in np.ceil((high - low) / voxel) + 1)
-    grid = lab_grid(shape, voxel, low)  # type: ignore[arg-type]
-    lab = resample(flat.cpu(), basis, grid)
-    lab_support = resample(support.cpu().float(), basis, grid) > 0.5
-    if remove_ramp:
-        lab, _ = remove_phase_ramp(lab, lab_support)
-    q = geometry.q_bragg()
-    norm = float(np.linalg.norm(q))
-    phase = unwrap_phase(torch.angle(lab), lab_support)
-    strain_mask = erode(lab_support, erosion_px)
-    nan = torch.tensor(math.nan, dtype=torch.float64)
-    return {
-        "amplitude": lab.abs().numpy().astype(np.float32),
-        "phase": torch.where(lab_support, phase, nan).numpy().astype(np.float32),
-        "displacement_m": torch.where(lab_support, phase / norm, nan).numpy().astype(np.float32),
-        "strain": torch.where(strain_mask, strain_along(lab, q, voxel), nan).numpy()
-        .astype(np.float32),
-        "support_lab": lab_support.numpy(), "strain_mask": strain_mask.numpy(),
-        "lab_voxel_size_m": np.full(3, voxel), "lab_origin_m": low, "q_bragg": q,
-    }
+        residual = (projections - project(x, angles, shift_px)) / rows
+        x = x + relaxation * adjoint(residual) / columns
+        if positivity:
+            x = x.clamp(min=0)
+    return x

@@ -96,6 +96,8 @@ class TensorBoard:
         if "probe" in results:
             for mode, field in enumerate(np.asarray(results["probe"])[:4]):
                 self.logger.complex_image(f"probe/mode{mode}", field, step)
+        if "pupil" in results:
+            self.logger.complex_image("pupil", np.asarray(results["pupil"]), step)
 
     def on_end(self, run: Reconstructor) -> None:
         final = {k: v[-1] for k, v in run.history.items()

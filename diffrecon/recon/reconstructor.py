@@ -95,6 +95,9 @@ class Reconstructor:
         if self.config.sampler == "random":
             return random_batches(n, self.batch_size, seed, epoch)
         if self._compact is None:
+            # a model may group its patterns itself (e.g. by tilt: ptycho_tomo)
+            self._compact = self.model.compact_batches(self.batch_size, seed)
+        if self._compact is None:
             positions = getattr(self.model, "positions", None)
             xy = np.zeros((n, 2)) if positions is None else positions.detach().cpu().numpy()
             self._compact = compact_batches(xy, self.batch_size, seed)

@@ -1,0 +1,235 @@
+"""Benchmark harness (issue 9): speed, FFT floor, memory and time to accuracy, vs the peers.
+
+    python experiments/bench/run.py                          # everything, DESIGN sizes
+    python experiments/bench/run.py --cases ptycho --peers cdtools
+    python experiments/bench/run.py --scene experiments/configs/ptycho_bench.toml  # smaller
+
+Cases (each of ours runs in a fresh process, so its peak memory is its own):
+
+- ``ptycho``: far-field ptychography on ``--scene`` (default the DESIGN sizes, 420 patterns of
+  128x128, experiments/configs/ptycho_design.toml). The scene is written once to
+  ``<out>/scene.cxi``; diffrecon (default settings) and every peer (``--peers``, each in its
+  own virtual environment under experiments/bench/.venvs, installed on first use) reconstruct
+  that same file. All are scored with the same metric (``evaluate.py``: ambiguity-removed
+  object NRMSE over the well-lit region) on object snapshots taken every ``--every`` epochs
+  outside the timed region. FFT floor: ``bench_ptycho.fft_floor`` (the epoch's batched
+  forward + inverse FFTs alone); peak memory: RSS added by loading and reconstructing the
+  file in a fresh process (``bench_ptycho.reconstruction_memory_mb`` for ours).
+- ``cdi``: 2D plane-wave CDI (``bench_cdi``: 64x64 object in 256x256, 1e8 photons), HIO then
+  ER with shrinkwrap; seconds per iteration, ``bench_cdi.fft_floor`` of one 256x256 FFT pair.
+- ``multislice``: the MoS2 monolayer of ``bench_electron`` (256 patterns of 64x64);
+  floor: (2S - 1) batched FFT pairs for S slices.
+
+Time to accuracy = set-up seconds + the epoch seconds up to the first snapshot with NRMSE <=
+0.1 (``harness.time_to_target``); the ratio printed is ours / each peer's (< 1: ours faster).
+Prints a table with the load average before and after; JSON goes to ``<out>/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+EXPERIMENTS = HERE.parent
+sys.path[:0] = [str(HERE), str(EXPERIMENTS)]
+
+import bench_cdi  # noqa: E402
+import bench_electron  # noqa: E402
+import bench_ptycho  # noqa: E402
+import evaluate  # noqa: E402
+import handoff  # noqa: E402
+import harness  # noqa: E402
+import peers  # noqa: E402
+
+import diffrecon  # noqa: E402
+import diffrecon.api  # noqa: E402
+import diffrecon.data.cxi  # noqa: E402
+from diffrecon.data.simulate import CDISimulation, simulate_cdi  # noqa: E402
+from diffrecon.recon.reconstructor import default_batch_size  # noqa: E402
+
+QUIET = ["log.progress=false", "log.tensorboard=false", "log.report=false"]
+
+
+def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """diffrecon with default settings, scored by ``evaluate.object_nrmse`` every ``--every``
+    epochs (the evaluator replaces the built-in one for this call only, so that every package
+    is judged by the same code; its time is excluded from the epoch times)."""
+    truth = data.truth.object[0]
+    spent = [0.0]
+
+    def score(model: Any) -> dict[str, float]:
+        tick = time.perf_counter()
+        value = evaluate.object_nrmse(model.results()["object"], truth, mask)
+        spent[0] += time.perf_counter() - tick
+        return {"nrmse": value}
+
+    started = time.perf_counter()
+    with mock.patch.object(diffrecon.api, "truth_evaluator", lambda *_: score):
+        result = diffrecon.reconstruct(scan, "ptycho", overrides=[
+            f"recon.epochs={args.epochs}", f"log.metric_every={args.every}", *QUIET])
+    wall = time.perf_counter() - started
+    seconds = result.history["time/epoch_s"]
+    errors = result.history["metric/nrmse"]
+    done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
+    memory = bench_ptycho.reconstruction_memory_mb(scan, False)
+    lazy = bench_ptycho.reconstruction_memory_mb(scan, True)
+    return harness.summarize(
+        "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
+        setup_s=wall - sum(seconds) - spent[0], fft_floor_s=floor, peak_mb=memory,
+        note=f"defaults; lazy peak {lazy:.0f} MiB")
+
+
+def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """A peer on the same file: install if needed, run its worker, score its snapshots."""
+    peer = peers.PEERS[name]
+    reason = peers.ensure_venv(peer)
+    if reason:
+        return harness.failed("ptycho", name, reason)
+    out = args.out / f"{name}.npz"
+    out.unlink(missing_ok=True)
+    reason = peers.run_worker(peer, scan, out, args.peer_epochs, args.every, args.threads,
+                              args.peer_budget, args.peer_budget * 3 + 600)
+    if reason:
+        return harness.failed("ptycho", name, reason)
+    runs = np.load(out)
+    truth = data.truth.object[0]
+    orientation, _ = evaluate.best_orientation(runs["objects"][-1], truth, mask)
+    errors = [evaluate.object_nrmse(o, truth, mask, orientation) for o in runs["objects"]]
+    return harness.summarize(
+        "ptycho", name, runs["epoch_seconds"].tolist(), runs["epochs"].tolist(), errors,
+        setup_s=float(runs["setup_s"]), fft_floor_s=floor, peak_mb=float(runs["peak_mb"]),
+        note=f"{runs['note']}; axes {orientation}")
+
+
+def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
+    data = diffrecon.simulate(args.scene)
+    scan = args.out / "scene.cxi"
+    diffrecon.data.cxi.save(data, scan)
+    n, frame = data.num_patterns, data.frame_shape[0]
+    print(f"ptycho scene: {n} patterns of {frame}x{frame}, raw data "
+          f"{data.patterns.nbytes / 2**20:.1f} MiB, object {data.truth.object.shape[-2:]}",
+          flush=True)
+    mask = evaluate.truth_mask(data)
+    floor = bench_ptycho.fft_floor(n, 1, frame, default_batch_size(n))
+    rows = [ptycho_ours(data, scan, mask, floor, args)]
+    print(harness.format_table(rows[-1:]), flush=True)
+    for name in args.peers:
+        rows.append(ptycho_peer(name, data, scan, mask, floor, args))
+        print(harness.format_table(rows[-1:]), flush=True)
+    return rows
+
+
+def case_cdi(args: argparse.Namespace) -> list[dict[str, Any]]:
+    settings = CDISimulation(photons=1e8)
+    data = simulate_cdi(settings)
+    base = handoff.resident_mb()
+    started = time.perf_counter()
+    result = bench_cdi.reconstruct(data, bench_cdi.HIO, f"log.metric_every={args.every}")
+    wall = time.perf_counter() - started
+    seconds = result.history["time/epoch_s"]
+    errors = result.history["metric/nrmse"]
+    done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
+    floor = bench_cdi.fft_floor((settings.array_px,) * settings.dimensions)
+    return [harness.summarize(
+        "cdi", harness.OURS, seconds, done, [errors[i - 1] for i in done],
+        fft_floor_s=floor, peak_mb=handoff.peak_mb() - base,
+        note=f"{bench_cdi.HIO}, 2D {settings.array_px}^2; wall {wall:.1f} s incl. metrics")]
+
+
+def case_multislice(args: argparse.Namespace) -> list[dict[str, Any]]:
+    data = diffrecon.simulate(bench_electron.CONFIGS / "electron_mos2.toml")
+    base = handoff.resident_mb()
+    quiet = [q for q in bench_electron.QUIET if not q.startswith("log.metrics")]
+    result, _ = bench_electron.run(data, {}, ['model.object_kind="phase"', "recon.epochs=40",
+                                              f"log.metric_every={args.every}"], quiet)
+    seconds = result.history["time/epoch_s"]
+    errors = result.history["metric/nrmse"]
+    done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
+    n, frame = data.num_patterns, data.frame_shape[0]
+    config = result.model.config
+    pairs = 2 * config.slices - 1
+    floor = pairs * bench_ptycho.fft_floor(n, config.probe_modes, frame, default_batch_size(n))
+    return [harness.summarize(
+        "multislice", harness.OURS, seconds, done, [errors[i - 1] for i in done],
+        fft_floor_s=floor, peak_mb=handoff.peak_mb() - base,
+        note=f"MoS2 monolayer, {n}x{frame}^2, S={config.slices}, phase object")]
+
+
+CASES = {"ptycho": case_ptycho, "cdi": case_cdi, "multislice": case_multislice}
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def run_case_in_child(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run one case in a fresh interpreter (its own peak memory); rows come back as JSON."""
+    rows_file = args.out / f"rows_{name}.json"
+    rows_file.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", name, "--out", str(args.out),
+               "--scene", str(args.scene), "--threads", str(args.threads),
+               "--epochs", str(args.epochs), "--peer-epochs", str(args.peer_epochs),
+               "--every", str(args.every), "--peer-budget", str(args.peer_budget),
+               "--peers", *args.peers]
+    done = subprocess.run(command)
+    if done.returncode != 0 or not rows_file.exists():
+        return [harness.failed(name, harness.OURS, f"case process exited {done.returncode}")]
+    return json.loads(rows_file.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--peers", nargs="*", default=list(peers.PEERS),
+                        choices=list(peers.PEERS))
+    parser.add_argument("--scene", type=Path,
+                        default=EXPERIMENTS / "configs" / "ptycho_design.toml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=60, help="diffrecon ptycho epochs")
+    parser.add_argument("--peer-epochs", type=int, default=100)
+    parser.add_argument("--every", type=int, default=5, help="epochs between scored snapshots")
+    parser.add_argument("--peer-budget", type=float, default=600.0,
+                        help="seconds of timed epochs after which a peer is stopped")
+    parser.add_argument("--out", type=Path, default=EXPERIMENTS / "out" / "bench")
+    parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        rows = CASES[args.child](args)
+        (args.out / f"rows_{args.child}.json").write_text(json.dumps(rows, indent=1))
+        return
+    before = load_average()
+    started = time.perf_counter()
+    rows = [row for name in args.cases for row in run_case_in_child(name, args)]
+    ratios = harness.peer_ratios(rows)
+    after = load_average()
+    report = {"threads": args.threads, "torch": torch.__version__, "cpus": os.cpu_count(),
+              "load_average_before": before, "load_average_after": after,
+              "wall_s": time.perf_counter() - started, "rows": rows, "ratios": ratios}
+    print(f"\nthreads {args.threads}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"load average (1, 5, 15 min) before {before}, after {after}")
+    print(harness.format_table(rows))
+    print(harness.format_ratios(ratios))
+    for row in rows:
+        if row.get("note"):
+            print(f"  {row['case']}/{row['package']}: {row['note']}")
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
