@@ -88,7 +88,8 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
         setup_s=wall - sum(seconds) - spent[0], fft_floor_s=floor, peak_mb=memory,
-        note=f"defaults; lazy peak {lazy:.0f} MiB")
+        note=f"defaults; lazy peak {lazy:.0f} MiB; raw data "
+             f"{data.patterns.nbytes / 2**20:.1f} MiB")
 
 
 def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float,
