@@ -148,6 +148,19 @@ def test_metric_is_zero_for_the_truth_in_another_convention(bench) -> None:
         math.hypot(expected, floor), rel=0.1)
 
 
+def test_worker_epoch_loop_honours_epochs_budget_and_snapshots(bench) -> None:
+    handoff = bench["handoff"]
+    calls: list[int] = []
+    objects, done, seconds = handoff.run_epochs(calls.append, lambda: np.ones((2, 2)), 7, 3,
+                                                budget_s=1e9)
+    assert calls == list(range(1, 8)) and done == [3, 6, 7] and len(seconds) == 7
+    assert all(o.dtype == np.complex64 for o in objects)
+    # a budget already spent stops after the first epoch, which is still scored
+    objects, done, seconds = handoff.run_epochs(lambda _: None, lambda: np.ones((2, 2)), 7, 3,
+                                                budget_s=-1.0)
+    assert done == [1] and len(seconds) == 1
+
+
 def test_every_peer_has_a_pinned_requirement_and_a_worker(bench) -> None:
     peers = bench["peers"]
     assert set(peers.PEERS) == {"cdtools", "ptychi", "ptyrad"}

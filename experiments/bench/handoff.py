@@ -14,7 +14,9 @@ import math
 import os
 import resource
 import sys
+import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -129,3 +131,26 @@ def checkpoint(epoch: int, every: int, epochs: int, epoch_seconds: list[float],
     epochs or once its timed epochs exceed ``budget_s``; its last epoch is always scored."""
     stop = epoch >= epochs or sum(epoch_seconds) > budget_s
     return epoch % every == 0 or stop, stop
+
+
+def run_epochs(step: Callable[[int], object], snapshot: Callable[[], np.ndarray], epochs: int,
+               every: int, budget_s: float) -> tuple[list[np.ndarray], list[int], list[float]]:
+    """Run ``step(epoch)`` for epochs 1, 2, ..., timing each call alone, and copy the object
+    (``snapshot()``, (H, W)) outside the timed region every ``every`` epochs and at the end.
+
+    Returns the snapshots, the epochs they follow and the seconds of every epoch.
+    """
+    objects: list[np.ndarray] = []
+    done: list[int] = []
+    seconds: list[float] = []
+    for epoch in range(1, epochs + 1):
+        tick = time.perf_counter()
+        step(epoch)
+        seconds.append(time.perf_counter() - tick)
+        take, stop = checkpoint(epoch, every, epochs, seconds, budget_s)
+        if take:
+            objects.append(np.array(snapshot(), dtype=np.complex64))
+            done.append(epoch)
+        if stop:
+            break
+    return objects, done, seconds

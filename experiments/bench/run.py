@@ -88,7 +88,8 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
         setup_s=wall - sum(seconds) - spent[0], fft_floor_s=floor, peak_mb=memory,
-        note=f"defaults; lazy peak {lazy:.0f} MiB")
+        note=f"defaults; lazy peak {lazy:.0f} MiB; raw data "
+             f"{data.patterns.nbytes / 2**20:.1f} MiB")
 
 
 def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float,
@@ -137,7 +138,7 @@ def case_cdi(args: argparse.Namespace) -> list[dict[str, Any]]:
     data = simulate_cdi(settings)
     base = handoff.resident_mb()
     started = time.perf_counter()
-    result = bench_cdi.reconstruct(data, bench_cdi.HIO, f"log.metric_every={args.every}")
+    result = bench_cdi.reconstruct(data, bench_cdi.HIO, f"log.metric_every={args.cdi_every}")
     wall = time.perf_counter() - started
     seconds = result.history["time/epoch_s"]
     errors = result.history["metric/nrmse"]
@@ -182,7 +183,8 @@ def run_case_in_child(name: str, args: argparse.Namespace) -> list[dict[str, Any
     command = [sys.executable, __file__, "--child", name, "--out", str(args.out),
                "--scene", str(args.scene), "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--peer-epochs", str(args.peer_epochs),
-               "--every", str(args.every), "--peer-budget", str(args.peer_budget),
+               "--every", str(args.every), "--cdi-every", str(args.cdi_every),
+               "--peer-budget", str(args.peer_budget),
                "--peers", *args.peers]
     done = subprocess.run(command)
     if done.returncode != 0 or not rows_file.exists():
@@ -201,6 +203,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60, help="diffrecon ptycho epochs")
     parser.add_argument("--peer-epochs", type=int, default=100)
     parser.add_argument("--every", type=int, default=5, help="epochs between scored snapshots")
+    parser.add_argument("--cdi-every", type=int, default=50,
+                        help="CDI iterations between scored estimates")
     parser.add_argument("--peer-budget", type=float, default=600.0,
                         help="seconds of timed epochs after which a peer is stopped")
     parser.add_argument("--out", type=Path, default=EXPERIMENTS / "out" / "bench")

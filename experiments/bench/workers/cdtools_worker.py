@@ -34,22 +34,17 @@ def main(path: str, out: str, epochs: int, every: int, threads: int,
     model = cdtools.models.FancyPtycho.from_dataset(dataset, n_modes=1)
     recon = cdtools.reconstructors.AdamReconstructor(model, dataset)
     setup = time.perf_counter() - started
-    stages = [(min(50, epochs), 0.02, 10), (max(0, epochs - 50), 0.005, 50)]
-    objects, done, seconds = [], [], []
-    stop = False
-    for count, lr, batch in stages:
-        steps = iter(recon.optimize(count, lr=lr, batch_size=batch)) if count else iter(())
-        while not stop:
-            tick = time.perf_counter()
-            try:
-                next(steps)
-            except StopIteration:
-                break
-            seconds.append(time.perf_counter() - tick)
-            snapshot, stop = handoff.checkpoint(len(seconds), every, epochs, seconds, budget_s)
-            if snapshot:
-                objects.append(model.obj.detach().cpu().numpy().copy())
-                done.append(len(seconds))
+    def stream():  # type: ignore[no-untyped-def]
+        # the recipe's two stages as one stream of epochs; ``optimize`` sets its step size and
+        # minibatch when called, so the second stage is only called once the first is done
+        yield from recon.optimize(min(50, epochs), lr=0.02, batch_size=10)
+        if epochs > 50:
+            yield from recon.optimize(epochs - 50, lr=0.005, batch_size=50)
+
+    epochs_stream = stream()
+    objects, done, seconds = handoff.run_epochs(
+        lambda _: next(epochs_stream), lambda: model.obj.detach().cpu().numpy(), epochs, every,
+        budget_s)
     pixel = float(abs(model.probe_basis.detach().cpu().numpy()[:, 1]).max())
     handoff.save_snapshots(out, objects, done, seconds, setup, handoff.peak_mb() - base, pixel,
                            note="FancyPtycho, 1 mode, Adam 0.02/b10 x50 then 0.005/b50")

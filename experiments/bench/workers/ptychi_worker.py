@@ -54,18 +54,13 @@ def main(path: str, out: str, epochs: int, every: int, threads: int,
         probe_data=torch.as_tensor(probe), probe_position_y_px=positions[:, 0],
         probe_position_x_px=positions[:, 1])
     setup = time.perf_counter() - started
-    objects, done, seconds = [], [], []
-    for epoch in range(1, epochs + 1):
-        tick = time.perf_counter()
-        task.run(1)
-        seconds.append(time.perf_counter() - tick)
-        snapshot, stop = handoff.checkpoint(epoch, every, epochs, seconds, budget_s)
-        if snapshot:
-            obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
-            objects.append(obj.reshape(-1, *obj.shape[-2:])[0].copy())
-            done.append(epoch)
-        if stop:
-            break
+
+    def snapshot() -> np.ndarray:
+        obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
+        return obj.reshape(-1, *obj.shape[-2:])[0]
+
+    objects, done, seconds = handoff.run_epochs(lambda _: task.run(1), snapshot, epochs, every,
+                                                budget_s)
     handoff.save_snapshots(out, objects, done, seconds, setup, handoff.peak_mb() - base,
                            scan.object_pixel_m,
                            note="LSQML defaults, batch 96, mean-pattern probe start")

@@ -111,23 +111,18 @@ def main(path: str, out: str, epochs: int, every: int, threads: int,
     _, batches, _ = prepare_recon(model, solver.init, params)
     batches = [torch.from_numpy(b) for b in batches]
     setup = time.perf_counter() - started
-    objects, done, seconds = [], [], []
-    for epoch in range(1, epochs + 1):
-        tick = time.perf_counter()
+
+    def step(epoch: int) -> None:
         toggle_grad_requires(model, epoch)
         recon_step(batches, 1, model, optimizer, scheduler, solver.loss_fn,
                    solver.constraint_fn, epoch, compute_loss_fn=compute_loss)
-        seconds.append(time.perf_counter() - tick)
-        snapshot, stop = handoff.checkpoint(epoch, every, epochs, seconds, budget_s)
-        if snapshot:
-            with torch.no_grad():
-                amplitude = model.opt_obja.detach().cpu().numpy()
-                phase = model.opt_objp.detach().cpu().numpy()
-            obj = amplitude * np.exp(1j * phase)
-            objects.append(obj.reshape(-1, *obj.shape[-2:])[0].copy())
-            done.append(epoch)
-        if stop:
-            break
+
+    def snapshot() -> np.ndarray:
+        with torch.no_grad():
+            obj = model.opt_obja.cpu().numpy() * np.exp(1j * model.opt_objp.cpu().numpy())
+        return obj.reshape(-1, *obj.shape[-2:])[0]
+
+    objects, done, seconds = handoff.run_epochs(step, snapshot, epochs, every, budget_s)
     handoff.save_snapshots(out, objects, done, seconds, setup, handoff.peak_mb() - base,
                            scan.object_pixel_m,
                            note="minimal template, batch 32, mean-pattern probe start")
