@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -45,7 +46,7 @@ def _arrays(result: diffrecon.api.Result) -> dict[str, np.ndarray]:
         "loss": np.asarray(result.history["loss/total"])}
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
+def _worker(rank: int, port: int, second_port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
@@ -54,7 +55,8 @@ def _worker(rank: int, port: int, folder: str) -> None:
         assert comm.world_size == WORLD
     assert not dist.is_initialized()  # ... destroyed on exit
     # several runs in one process share one group (re-creating it on one port races)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{second_port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
     for name, overrides in CASES.items():
         out = Path(folder) / f"{name}-run{rank}" if name == "full" else None
         result = diffrecon.reconstruct(data, "ptycho", out=out, overrides=SETTINGS + overrides)
@@ -68,16 +70,19 @@ def _worker(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports (held open together so they differ)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(*_free_ports(2), str(folder)), nprocs=WORLD, join=True)
     return folder
 
 

@@ -265,4 +265,6 @@ def session(mode: Mode, device: torch.device | str) -> Iterator[Communicator]:
     finally:
         log.removeFilter(quiet)
         if created:
+            # no rank may tear down its end of the store while another still uses it
+            dist.barrier()
             dist.destroy_process_group()
