@@ -341,3 +341,33 @@ def test_reconstruction_improves_error_against_truth():
     after = evaluate(reconstruct(data, "multislice", config).model)
     assert after["nrmse"] < 0.6 * before["nrmse"]
     assert after["phase_rmse"] < 0.6 * before["phase_rmse"]
+
+
+def test_cli_import_stem_converts_empad_frames_to_a_calibrated_cxi_file(tmp_path, capsys):
+    """`diffrecon import-stem` on EMPAD .raw frames: the CXI file holds the frames in scan
+    order, the relativistic wavelength of the voltage and the scan-grid positions; `inspect`
+    then reads it, and a missing scan shape is a one-line error naming the key."""
+    import diffrecon
+    from diffrecon.cli import main
+
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(50.0, size=(3, 4, 128, 128)).astype(np.float32)
+    raw = tmp_path / "scan.raw"
+    write_empad(raw, frames)
+    out = tmp_path / "scan.cxi"
+    main(["import-stem", str(raw), "--out", str(out), "--set", "voltage_v=300e3",
+          "--set", "scan_shape=[3, 4]", "--set", "scan_step_m=[2e-10, 2e-10]",
+          "--set", "convergence_mrad=20.0", "--set", "convergence_radius_px=16.0"])
+    data = diffrecon.load(out)
+    assert data.patterns.shape == (12, 128, 128)
+    np.testing.assert_allclose(np.asarray(data.patterns[5]), frames[1, 1])
+    assert data.wavelength_m == pytest.approx(1.9687e-12, rel=1e-4)  # 300 kV
+    steps = np.diff(np.unique(np.round(np.asarray(data.positions_m)[:, 1] / 1e-12)))
+    np.testing.assert_allclose(steps * 1e-12, 2e-10, rtol=1e-6)
+    capsys.readouterr()
+    main(["inspect", str(out), "--modality", "multislice"])
+    assert "12" in capsys.readouterr().out
+    code = main(["import-stem", str(raw), "--out", str(tmp_path / "bad.cxi")])
+    error = capsys.readouterr().err
+    assert code != 0 and "scan.raw" in error and "scan_shape" in error
+    assert len(error.strip().splitlines()) <= 2  # no traceback
