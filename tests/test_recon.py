@@ -362,3 +362,26 @@ def test_lazy_file_reading_matches_in_memory_data(small_ptycho, tmp_path):
         np.testing.assert_allclose(lazy.results[key], memory.results[key], rtol=0, atol=1e-6)
     np.testing.assert_allclose(lazy.history["loss/total"], memory.history["loss/total"],
                                rtol=1e-6)
+
+
+def test_accumulated_minibatches_equal_one_batch_of_their_union(small_ptycho):
+    """Two half-batches with accumulate_batches=2 take the update of the whole batch: the
+    objective is a sum over patterns, so their summed gradients are the full gradient."""
+    data = dataclasses.replace(small_ptycho, probe_guess=0.8 * small_ptycho.truth.probe)
+    n = data.num_patterns
+    settings = ["recon.epochs=3", *FOLDER_OFF, *QUIET, "log.metrics=false"]
+    whole = diffrecon.reconstruct(data, "ptycho", overrides=[f"recon.batch_size={n}", *settings])
+    halves = diffrecon.reconstruct(data, "ptycho", overrides=[
+        f"recon.batch_size={n // 2}", "algorithm.accumulate_batches=2", *settings])
+    single = diffrecon.reconstruct(data, "ptycho", overrides=[
+        f"recon.batch_size={n // 2}", *settings])
+    scale = np.abs(whole.results["object"]).max()
+    np.testing.assert_allclose(halves.results["object"], whole.results["object"], rtol=0,
+                               atol=1e-4 * scale)
+    np.testing.assert_allclose(halves.results["probe"], whole.results["probe"], rtol=0,
+                               atol=1e-4 * np.abs(whole.results["probe"]).max())
+    # ... and not the two updates per epoch of plain half batches
+    assert np.abs(single.results["object"] - whole.results["object"]).max() > 1e-2 * scale
+    with pytest.raises(diffrecon.errors.ConfigError, match="accumulate_batches"):
+        diffrecon.reconstruct(data, "ptycho", overrides=[
+            "algorithm.name=epie", "algorithm.accumulate_batches=2", *settings])

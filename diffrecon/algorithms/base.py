@@ -30,6 +30,10 @@ class AlgorithmConfig:
     feedback: float | None = doc(
         None, "HIO/OSS/DM/RAAR feedback parameter beta (default 0.9, RAAR 0.85)"
     )
+    accumulate_batches: int = doc(
+        1, "gradient: sum the gradients of this many minibatches per update (memory of one "
+        "minibatch, update of several)"
+    )
 
 
 @dataclasses.dataclass

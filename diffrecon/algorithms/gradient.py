@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from diffrecon.algorithms.base import Algorithm, Batch, algorithms
+from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel
 
 Tensor = torch.Tensor
@@ -22,6 +23,17 @@ class GradientStep(Algorithm):
     """
 
     shardable = True
+    #: whether gradients of several minibatches may be summed before an update
+    accumulates = True
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if getattr(config, "accumulate_batches", 1) < 1 or (
+                config.accumulate_batches > 1 and not self.accumulates):
+            raise ConfigError(
+                f"algorithm.accumulate_batches={config.accumulate_batches}: expected 1, or "
+                "an integer > 1 with algorithm.name='gradient' (PIE steps are normalised per "
+                "minibatch)")
 
     @torch.no_grad()
     def precondition(self, model: ForwardModel, batch: Batch, active: list[str]) -> None:
@@ -42,10 +54,21 @@ class GradientStep(Algorithm):
 
     def step(self, model: ForwardModel, batch: Batch, objective: Any, plan: Any,
              active: list[str], state: dict[str, Tensor]) -> dict[str, float]:
-        plan.zero_grad()
+        # With ``accumulate_batches`` k > 1 the gradients of k minibatches are summed before
+        # one update: the objective is a sum over patterns, so this is the update of their
+        # union with the memory of one. Per-pattern rows are disjoint between minibatches,
+        # so each is preconditioned right after its own backward pass.
+        every = int(getattr(self.config, "accumulate_batches", 1))
+        pending = int(state["accumulated"]) if "accumulated" in state else 0
+        if pending == 0:
+            plan.zero_grad()
         total, terms = objective(model, batch)
         total.backward()
         self.precondition(model, batch, active)
+        if pending + 1 < every:
+            state["accumulated"] = torch.tensor(pending + 1)
+            return terms
+        state["accumulated"] = torch.tensor(0)
         fields = model.named_fields()
         batch.comm.reduce_grads([fields[name] for name in active])
         plan.step(active)

@@ -26,6 +26,7 @@ PIE_FIELDS = ("object", "probe")
 
 class _PIE(GradientStep):
     default_alpha = 1.0
+    accumulates = False
     def adjust_specs(self, specs: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
         return {
             name: dataclasses.replace(spec, optimizer="sgd", lr=1.0) if name in PIE_FIELDS
