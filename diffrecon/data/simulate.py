@@ -233,18 +233,19 @@ class CDISimulation(Beamline):
     dimensions: Literal[2, 3] = doc(2, "2D pattern or 3D intensity volume")
     array_px: int = doc(256, "detector (array) size per axis, pixels")
     object_px: int = doc(64, "object extent per axis, pixels (compact irregular support)")
-    photons: float = doc(1e8, "total counts in the pattern (or volume)")
+    photons: float = doc(1e8, "total counts in the pattern (or volume); fresnel: the counts "
+                         "of the sample alone in a plane wave of the beam's central fluence")
     noise: Literal["poisson", "gaussian", "amplitude", "none"] = doc("poisson", "noise model")
     beamstop_px: int = doc(7, "side of a central square beamstop (masked, 2D only), pixels")
     variant: Literal["plane", "fresnel", "holographic"] = doc(
         "plane", "plane wave; fresnel: curved illumination; holographic: pinhole reference"
     )
-    edge_phase_rad: float = doc(
-        4.5, "fresnel: wavefront curvature, as the quadratic phase at the beam edge, radians; "
-        "the photons are in the beam, the object is the transmission minus one (reconstruct "
-        "with model.transmission_offset=1)")
+    edge_frequency: float = doc(
+        0.3, "fresnel: wavefront curvature, as the local frequency of the illumination's "
+        "quadratic phase at the beam edge, a fraction of the Nyquist frequency (< 1: sampled)")
     beam_radius: float = doc(
-        0.6, "fresnel: radius of the (soft-edged, defocused-aperture) beam / object_px")
+        1.0, "fresnel: radius of the (soft-edged, defocused-aperture) beam / object_px; the "
+        "beam around the sample is the holographic reference of Fresnel CDI")
     reference_radius_px: float = doc(3.0, "holographic: pinhole radius, pixels")
     reference_offset_px: float = doc(56.0, "holographic: pinhole distance from the centre (x)")
     reference_amplitude: float = doc(4.0, "holographic: pinhole amplitude / max object amplitude")
@@ -286,14 +287,15 @@ def cdi_scene(config: CDISimulation) -> CDIScene:
     r2 = sum(g**2 for g in grids)
     illumination = reference = None
     if config.variant == "fresnel":
-        # a defocused aperture: a soft-edged disc a little wider than the object, with a
-        # quadratic phase; the object is the transmission minus one
+        # a defocused aperture: a soft-edged disc wider than the object with a quadratic phase;
+        # the object is the transmission minus one; ``photons`` is the sample's share at the
+        # fluence of the plane-wave case (the beam around it carries more)
         radius = config.beam_radius * m
+        edge_phase = config.edge_frequency * math.pi * radius / 2  # d(phase)/dr = f pi at r=R
         envelope = 0.5 * (1 - np.tanh(np.sqrt(r2) - radius))
-        illumination = envelope * np.exp(1j * config.edge_phase_rad * r2 / radius**2)
+        illumination = envelope * np.exp(1j * edge_phase * r2 / radius**2)
+        scale = math.sqrt(config.photons / float(np.sum(np.abs(obj) ** 2)))
         obj = np.where(full_support, obj - 1, 0)
-        exit_wave = illumination * (obj + 1)
-        scale = math.sqrt(config.photons / float(np.sum(np.abs(exit_wave) ** 2)))
         return CDIScene(obj.astype(np.complex64), full_support,
                         (illumination * scale).astype(np.complex64),
                         np.ones_like(obj, dtype=np.complex64))

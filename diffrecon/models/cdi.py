@@ -44,11 +44,15 @@ class CDIConfig:
         0.04, "initial support: autocorrelation threshold, fraction of its maximum"
     )
     support_margin_px: float = doc(1.0, "initial support: grown by about this many pixels")
-    support_from: Literal["auto", "autocorrelation", "illumination", "cross_term"] = doc(
+    support_from: Literal["auto", "autocorrelation", "illumination", "hologram",
+                          "cross_term"] = doc(
         "auto", "initial support: from the pattern's autocorrelation; the footprint of the "
-        "known illumination (|I| above half its maximum; Fresnel CDI); or the object-reference "
-        "cross-correlation lobes (holographic CDI); auto: the footprint when the data carry an "
-        "illumination, the cross term with a reference file, else the autocorrelation")
+        "known illumination (|I| above half its maximum); the holographic first estimate "
+        "(Fresnel CDI of a thin sample: the data back-propagated with the beam's phases, "
+        "shrinkwrapped, inside the footprint); or the object-reference cross-correlation "
+        "lobes (holographic CDI); auto: the hologram with an illumination and a transmission "
+        "offset, the footprint with an illumination alone, the cross term with a reference "
+        "file, else the autocorrelation")
     constraint: Literal["none", "real", "positive"] = doc(
         "none", "pointwise object constraint inside the support"
     )
@@ -60,7 +64,9 @@ class CDIConfig:
         "finite beam (transmission = 1 + object, the unscattered beam is the reference)"
     )
     shrinkwrap_every: int = doc(20, "update the support every n epochs (0: never)")
-    shrinkwrap_threshold: float = doc(0.2, "shrinkwrap threshold, fraction of the max")
+    shrinkwrap_threshold: float | None = doc(
+        None, "shrinkwrap threshold, fraction of the max; none: 0.2, or 0.08 with a "
+        "transmission offset (transmission - 1 is faint where the sample is nearly clear)")
     shrinkwrap_sigma_px: tuple[float, float] | None = doc(
         None, "shrinkwrap Gaussian sigma (start, end), pixels, decaying geometrically; none: "
         "(3, 0.5) in 2D, (3, 1) in 3D (fewer counts per voxel need a smoother support)"
@@ -145,15 +151,17 @@ class CDI(ForwardModel):
             illumination = torch.as_tensor(guess, dtype=torch.complex64)
         source = config.support_from
         if source == "auto":
-            source = ("illumination" if illumination is not None else
-                      "cross_term" if config.reference_file is not None else "autocorrelation")
+            source = ("hologram" if illumination is not None and config.transmission_offset
+                      else "illumination" if illumination is not None
+                      else "cross_term" if config.reference_file is not None
+                      else "autocorrelation")
         if config.reference_file is not None:
             reference = load_reference(config.reference_file, tuple(intensity.shape))
         if source == "cross_term":
             if reference is None:
                 raise ConfigError("model.support_from='cross_term' needs model.reference_file")
             support = cross_term_support(intensity, reference, 0.1)
-        elif source == "illumination":
+        elif source in ("illumination", "hologram"):
             if illumination is None:
                 raise DataFormatError(data.source, "entry_1/instrument_1/source_1/illumination",
                                       "the known illumination (model.support_from="
@@ -188,7 +196,37 @@ class CDI(ForwardModel):
         )
         model = cls(obj.to(torch.complex64), support, pixel, config, illumination=illumination,
                     reference=reference, measured=intensity.numpy())
+        if source == "hologram":
+            if not config.transmission_offset:
+                raise ConfigError("model.support_from='hologram' needs "
+                                  "model.transmission_offset (the unscattered beam)")
+            model.start_from_hologram(intensity, valid)
         return model.to(device)
+
+    @torch.no_grad()
+    def start_from_hologram(self, intensity: Tensor, valid: Tensor, sigma_px: float = 2.0,
+                            threshold: float = 0.2) -> None:
+        """Fresnel CDI start: the object is zero (the exit wave is the bare beam), the support
+        is that of the holographic first estimate, one Fourier projection of the beam (the
+        data back-propagated with the beam's far-field phases, divided by the beam), blurred
+        by ``sigma_px`` and thresholded at ``threshold`` of its maximum inside the footprint.
+        The beam around the sample is a known reference, so this estimate already shows the
+        sample (Williams et al., Phys. Rev. Lett. 97, 025506 (2006)).
+
+        Args:
+            intensity: measured counts, DC-centred, (H, W) or (D, H, W).
+            valid: bool mask of the same shape (masked pixels keep the beam's field).
+        """
+        from diffrecon.algorithms.projections import fourier_projection, shrinkwrap
+        from diffrecon.losses.likelihoods import Likelihood
+
+        self.object.zero_()
+        measured = self.propagator.to_native(intensity)[None]
+        mask = self.propagator.to_native(valid)[None]
+        first, _ = fourier_projection(self, self.object, measured, mask, Likelihood())
+        support = shrinkwrap(torch.where(self.support, first, 0.0), sigma_px, threshold)
+        if bool(support.any()):
+            self.support.copy_(support & self.support)
 
     @classmethod
     def describe(cls, data: DiffractionData) -> str:
@@ -218,8 +256,11 @@ class CDI(ForwardModel):
         from diffrecon.algorithms.cdi import Shrinkwrap
 
         c = self.config
-        return [Shrinkwrap(c.shrinkwrap_every, c.shrinkwrap_threshold,
-                           self.shrinkwrap_sigma(), c.shrinkwrap_stop)]
+        threshold = c.shrinkwrap_threshold
+        if threshold is None:
+            threshold = 0.08 if c.transmission_offset else 0.2
+        return [Shrinkwrap(c.shrinkwrap_every, threshold, self.shrinkwrap_sigma(),
+                           c.shrinkwrap_stop)]
 
     def shrinkwrap_sigma(self) -> tuple[float, float]:
         """The configured shrinkwrap sigma schedule, or the default for the dimensionality:
