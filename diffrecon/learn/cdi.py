@@ -8,7 +8,8 @@ same path as ``diffrecon simulate`` for CDI. The target is the object in transmi
 (amplitude at most ``objects.amplitude_range[1]``), zero outside its support.
 
 Ambiguities of a single far-field pattern, and how training handles them:
-- global phase: removed per sample in the supervised loss (``relative_error``);
+- global phase (and scale, fitted to the counts at inference): removed per sample in the
+  supervised loss (``relative_error``);
 - translation: every target is centred (intensity centroid rolled to the array centre
   ``array_px // 2``), so a network learns to return centred objects; inference therefore
   yields a centred object, which is what the CDI solver's autocorrelation support expects;
@@ -39,6 +40,10 @@ from diffrecon.models.cdi import CDI, CDIConfig
 from diffrecon.physics.propagators import FarField
 
 Tensor = torch.Tensor
+
+
+#: weight of the output-power anchor in :func:`cdi_supervised_loss`
+SCALE_ANCHOR = 0.01
 
 
 @dataclasses.dataclass
@@ -88,16 +93,24 @@ def flux_scale(estimate: Tensor, counts: Tensor, valid: Tensor | None = None) ->
 
 
 def cdi_supervised_loss(estimate: Tensor, target: Tensor, ndim: int) -> Tensor:
-    """Mean over the batch of the relative error (global phase removed, whole array) against
-    the target or its twin, whichever is smaller.
+    """Mean over the batch of the relative error (global phase and scale removed, whole
+    array) against the target or its twin, whichever is smaller. The scale is free because
+    inference fits it to the counts (:func:`flux_scale`); a loss that fixed it would let an
+    all-zero output (error 1) trap the network, since the object fills a small part of the
+    oversampled array. A weak anchor, ``SCALE_ANCHOR * log(power ratio)^2``, keeps the
+    output's power near the target's: without it Adam lets the (free) scale drift until the
+    amplitude head's sigmoid saturates at zero and the gradients vanish.
 
     Args:
         estimate, target: (B, *S) complex objects, S the last ``ndim`` dimensions.
     """
     ones = torch.ones((), device=estimate.device)
-    direct = relative_error(estimate, target, ones, ndim)
-    flipped = relative_error(estimate, twin(target, ndim), ones, ndim)
-    return torch.minimum(direct, flipped).mean()
+    direct = relative_error(estimate, target, ones, ndim, scale=True)
+    flipped = relative_error(estimate, twin(target, ndim), ones, ndim, scale=True)
+    dims = tuple(range(-ndim, 0))
+    ratio = (estimate.abs().square().sum(dims).clamp(min=1e-30)
+             / target.abs().square().sum(dims).clamp(min=1e-30))
+    return (torch.minimum(direct, flipped) + SCALE_ANCHOR * ratio.log().square()).mean()
 
 
 def cdi_physics_loss(estimate: Tensor, counts: Tensor, likelihood: Likelihood,

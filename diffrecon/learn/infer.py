@@ -1,9 +1,15 @@
-"""Inference: a trained network's patches stitched into the object of a ptychographic scan.
+"""Inference: a trained network's patches stitched into the object of a ptychographic scan,
+or (CDI) the whole object of one pattern or intensity volume.
 
-The object grid, the window corners and the sub-pixel probe offsets come from the registered
-``ptycho`` model built from the data (``Ptycho.from_data``), so the stitched object is exactly
-the ``object`` parameter the iterative solver would start from, and can be handed to
-``diffrecon.reconstruct(..., initial={"object": ..., "probe": ...})``.
+For ptychography the object grid, the window corners and the sub-pixel probe offsets come
+from the registered ``ptycho`` model built from the data (``Ptycho.from_data``), so the
+stitched object is exactly the ``object`` parameter the iterative solver would start from,
+and can be handed to
+``diffrecon.reconstruct(..., initial={"object": ..., "probe": ...})``. For CDI the network's
+object (centred, in transmission units) is scaled to the counts (``learn.cdi.flux_scale``) and
+set as the ``object`` of the ``cdi`` model built from the data (``CDI.from_data``: the
+autocorrelation support, which contains a centred object), ready for
+``reconstruct(..., initial={"object": ...})``.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import torch
 
 from diffrecon.data.container import DiffractionData
 from diffrecon.errors import DataFormatError
+from diffrecon.learn.cdi import flux_scale
 from diffrecon.learn.losses import probe_weights
 from diffrecon.learn.samples import PatchSet
 from diffrecon.learn.stitch import stitch
 from diffrecon.learn.train import TrainedNet
+from diffrecon.models.cdi import CDI, CDIConfig, measured_intensity
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
 
 Tensor = torch.Tensor
@@ -77,3 +85,45 @@ def infer_scan(data: DiffractionData, trained: TrainedNet,
         model.object.copy_(obj[None])
     return Inference(obj[None].to(torch.complex64), trained.probe.clone(), estimate, model,
                      seconds)
+
+
+@dataclasses.dataclass
+class CDIInference:
+    """Network result for one CDI pattern (or 3D intensity volume).
+
+    Attributes:
+        object: (H, W) or (D, H, W) complex64, sqrt(photons) units, centred in the array.
+        model: the cdi model of the data (its ``object`` holds the network result).
+        seconds: network time.
+    """
+
+    object: Tensor
+    model: CDI
+    seconds: float
+
+
+def infer_cdi(data: DiffractionData, trained: TrainedNet,
+              config: CDIConfig | None = None) -> CDIInference:
+    """The whole object of a CDI pattern (1, H, W) or volume (D, H, W) from ``trained``.
+
+    The counts are rescaled to the training flux (``cdi.photons``) before the network, since
+    its input scale was fitted to it; the output is then scaled to the measured counts.
+    """
+    intensity, valid = measured_intensity(data)
+    frame = (trained.config.cdi.array_px,) * trained.config.cdi.dimensions
+    if tuple(intensity.shape) != frame:
+        raise DataFormatError(data.source or "<memory>", "patterns",
+                              f"a CDI array of {frame} pixels (the network's training "
+                              "geometry)", f"{tuple(intensity.shape)}")
+    total = float(intensity.sum()) * intensity.numel() / max(int(valid.sum()), 1)
+    start = time.perf_counter()
+    estimate = trained.predict((intensity * (trained.config.cdi.photons / max(total, 1e-30)))
+                               [None])
+    seconds = time.perf_counter() - start
+    model = CDI.from_data(data, config or CDIConfig())
+    # the scale fits what the model predicts: the network's object within the model's support
+    estimate = torch.where(model.support.cpu(), estimate, 0.0)
+    obj = (estimate * flux_scale(estimate, intensity[None], valid))[0].to(torch.complex64)
+    with torch.no_grad():
+        model.object.copy_(obj)
+    return CDIInference(obj, model, seconds)

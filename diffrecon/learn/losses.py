@@ -31,26 +31,33 @@ def probe_weights(probe: Tensor, fractions: Tensor) -> Tensor:
     return intensity / intensity.amax(dim=(-2, -1), keepdim=True)
 
 
-def phase_align(estimate: Tensor, target: Tensor, weights: Tensor, ndim: int = 2) -> Tensor:
-    """``estimate`` (B, *S) times the unit phase factor that best matches ``target``
-    (weighted least squares per sample over the last ``ndim`` dimensions). The factor is
-    detached from nothing: gradients flow through it, which is harmless since the aligned
-    error is stationary in the phase."""
+def phase_align(estimate: Tensor, target: Tensor, weights: Tensor, ndim: int = 2,
+                scale: bool = False) -> Tensor:
+    """``estimate`` (B, *S) times the unit phase factor (with ``scale``: the complex factor)
+    that best matches ``target`` (weighted least squares per sample over the last ``ndim``
+    dimensions). The factor is detached from nothing: gradients flow through it, which is
+    harmless since the aligned error is stationary in it."""
     dims = tuple(range(-ndim, 0))
     inner = (weights * estimate.conj() * target).sum(dim=dims, keepdim=True)
+    if scale:
+        power = (weights * estimate.abs().square()).sum(dim=dims, keepdim=True)
+        return estimate * inner / power.clamp(min=1e-12)
     return estimate * inner / inner.abs().clamp(min=1e-12)
 
 
-def relative_error(estimate: Tensor, target: Tensor, weights: Tensor, ndim: int = 2) -> Tensor:
-    """Per sample (B,): sum w |c e - t|^2 / sum w |t|^2 with the best unit phase c.
+def relative_error(estimate: Tensor, target: Tensor, weights: Tensor, ndim: int = 2,
+                   scale: bool = False) -> Tensor:
+    """Per sample (B,): sum w |c e - t|^2 / sum w |t|^2 with the best unit phase c (with
+    ``scale``: the best complex c, for outputs whose scale is fitted elsewhere).
 
     Args:
         estimate, target: (B, *S) complex objects, S the last ``ndim`` dimensions.
         weights: real, broadcastable to (B, *S), where the error counts.
         ndim: spatial dimensions (2 or 3).
+        scale: also remove a real scale factor.
     """
     dims = tuple(range(-ndim, 0))
-    aligned = phase_align(estimate, target, weights, ndim)
+    aligned = phase_align(estimate, target, weights, ndim, scale)
     error = (weights * (aligned - target).abs().square()).sum(dim=dims)
     norm = (weights * target.abs().square()).sum(dim=dims).clamp(min=1e-12)
     return error / norm

@@ -6,8 +6,8 @@ complex transmission with amplitude in ``amplitude_range`` and phase within +-``
 the same ranges for every class, so a network trained on some classes sees held-out classes
 in the same value range. Objects are reproducible from ``(kind, seed)`` alone.
 
-``smooth``, ``voronoi``, ``texture`` and ``phantom`` also draw 3D objects (D, H, W) (for 3D
-CDI); ``blobs`` (polygons) and ``images`` are 2D only.
+Every class but ``images`` also draws 3D objects (D, H, W) (for 3D CDI; ``blobs`` are then
+ellipsoids, ``phantom`` the simulator's test volume).
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def smooth_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.nda
 
 
 @structures.register("blobs")
-def blob_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Random filled polygons and ellipses of random heights on a zero background."""
+def blob_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random filled polygons and ellipses of random heights on a zero background (3D:
+    ellipsoids)."""
+    if len(shape) == 3:
+        return _ellipsoids(shape, rng)
     h, w = shape
     y, x = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     out = np.zeros(shape)
@@ -64,6 +67,17 @@ def blob_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarr
                 (ratio * np.cos(angle - turn)) ** 2 + np.sin(angle - turn) ** 2)
         inside = np.hypot(y - cy, x - cx) <= boundary
         out[inside] = rng.uniform(0.2, 1.0)
+    return out
+
+
+def _ellipsoids(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    out = np.zeros(shape)
+    for _ in range(int(rng.integers(4, 14))):
+        centre = rng.uniform(0, 1, 3) * np.array(shape)
+        radii = rng.uniform(1.5, min(shape) / 4, 3)
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True))
+        out[inside <= 1] = rng.uniform(0.2, 1.0)
     return out
 
 
@@ -177,8 +191,7 @@ class ObjectGenerator:
         if kind == "phantom":
             volume = complex_volume((shape[0], shape[1], shape[2]), rng)
             return to_transmission(_unit(np.abs(volume)), _unit(np.angle(volume)), self.spec)
-        if kind in ("blobs", "images"):
-            raise ConfigError(f"config key 'objects.kinds': '{kind}' draws 2D objects only "
-                              "(3D: smooth, voronoi, texture, phantom)")
+        if kind == "images":
+            raise ConfigError("config key 'objects.kinds': 'images' draws 2D objects only")
         make = structures.get(kind)
         return to_transmission(make(shape, rng), make(shape, rng), self.spec)

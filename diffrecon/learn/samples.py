@@ -7,12 +7,12 @@ seeds, so the split is by generator seed. Chunks are simulated per epoch (stream
 or read from HDF5 shards (:func:`write_shard`). This module holds the ``ptycho`` source; the
 ``cdi`` source is in ``learn.cdi``.
 
-For ptychography a *chunk* is one random object (from :class:`ObjectGenerator`) scanned at random sub-pixel
-positions by the simulation's probe, evaluated through the registered ``ptycho`` forward model
-and noised by a registered likelihood (``data.simulate.simulate_patterns``). The target of each
-pattern is the object window the model multiplies with the probe (``extract_patches`` at the
-integer corner), and the sub-pixel part of the position is kept, since the model shifts the
-probe by it.
+For ptychography a *chunk* is one random object (from :class:`ObjectGenerator`) scanned at
+random sub-pixel positions by the simulation's probe, evaluated through the registered
+``ptycho`` forward model and noised by a registered likelihood
+(``data.simulate.simulate_patterns``). The target of each pattern is the object window the model
+multiplies with the probe (``extract_patches`` at the integer corner), and the sub-pixel part of
+the position is kept, since the model shifts the probe by it.
 
 Input normalisation happens in one place, :func:`network_input`.
 """

@@ -1,10 +1,10 @@
 """Training inversion networks: supervised and physics-informed losses, DDP, checkpoints.
 
-``train(config, out)`` (CLI: ``diffrecon train CONFIG.toml --out DIR``) simulates training
-pairs with the registered forward model named by ``modality`` (``ptycho``: patches,
-``learn.samples``; ``cdi``: whole 2D or 3D objects, ``learn.cdi``), fits a registered network (``learn.nets``)
-with ``supervised_weight * supervised + physics_weight * physics`` and writes ``DIR/model.pt``
-(the network, its input scale, the probe (ptycho) and the configuration), ``DIR/checkpoint.pt``
+``train(config, out)`` (CLI: ``diffrecon train CONFIG.toml --out DIR``) simulates training pairs
+with the registered forward model named by ``modality`` (``ptycho``: patches, ``learn.samples``;
+``cdi``: whole 2D or 3D objects, ``learn.cdi``), fits a registered network (``learn.nets``) with
+``supervised_weight * supervised + physics_weight * physics`` and writes ``DIR/model.pt`` (the
+network, its input scale, the probe (ptycho) and the configuration), ``DIR/checkpoint.pt``
 (resumable state), ``DIR/config.toml`` and ``DIR/tensorboard/`` (``loss/train``,
 ``loss/validation``, per-term losses, image grids of input, prediction and truth, hparams).
 
