@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from diffrecon import api
+from diffrecon.algorithms.recipe import scale_recipe
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.results import write_results
 from diffrecon.errors import ConfigError
@@ -21,7 +22,7 @@ from diffrecon.learn.finetune import finetune_scan
 from diffrecon.learn.infer import infer_cdi, infer_scan
 from diffrecon.learn.train import TrainConfig, TrainedNet, TrainResult, load_network
 from diffrecon.learn.train import train as _train
-from diffrecon.models.base import ForwardModel
+from diffrecon.models.base import ForwardModel, models
 from diffrecon.recon.evaluation import truth_evaluator
 
 
@@ -30,6 +31,17 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
           overrides: list[str] | tuple[str, ...] = ()) -> TrainResult:
     """Train an inversion network on simulated data (see ``diffrecon.learn.train``)."""
     return _train(config, out=out, resume=resume, overrides=overrides)
+
+
+def refine_overrides(modality: str, epochs: int) -> list[str]:
+    """Run-config overrides for ``epochs`` epochs of the modality's default solver: a default
+    recipe with stage counts (CDI: ``hio:800,er:100,gradient:200``) is scaled to ``epochs``
+    in total (``scale_recipe``); otherwise ``recon.epochs`` is set. Later ``--set`` overrides
+    (e.g. ``algorithm.name``) take precedence."""
+    name = str(models.get(modality).run_defaults.get("algorithm", {}).get("name", ""))
+    if ":" in name:
+        return [f'algorithm.name="{scale_recipe(name, epochs)}"', f"recon.epochs={epochs}"]
+    return [f"recon.epochs={epochs}"]
 
 
 def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, *,
@@ -49,7 +61,7 @@ def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, 
             positions, per-pattern ``patches``; for CDI support and predicted pattern); with
             ``refine`` the iterative run's full folder.
         refine: continue with this many epochs of the iterative solver (``reconstruct``) from
-            the network's object (and probe).
+            the network's object (and probe); see :func:`refine_overrides`.
         finetune: first fine-tune (a copy of) the network on these patterns for this many
             steps, self-supervised (``learn.finetune``; no truth used), at ``finetune_lr``
             (ptychography only).
@@ -79,7 +91,7 @@ def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, 
         seconds = inference.seconds
     if refine > 0:
         return api.reconstruct(data, modality, config, out=out,
-                               overrides=[f"recon.epochs={refine}", *overrides],
+                               overrides=[*refine_overrides(modality, refine), *overrides],
                                initial=initial)
     results = model.results()
     metrics = (truth_evaluator(data.truth, data.positions_m)(model)

@@ -30,13 +30,15 @@ import numpy as np
 import torch
 
 from diffrecon.config import doc
+from diffrecon.data.container import DiffractionData, Truth
 from diffrecon.data.phantoms import blob_support
-from diffrecon.data.simulate import simulate_patterns
+from diffrecon.data.simulate import Beamline, CDISimulation, simulate_patterns
 from diffrecon.learn.losses import likelihood_loss, mode_intensity, relative_error
 from diffrecon.learn.objects import ObjectGenerator, ObjectSpec
 from diffrecon.learn.samples import PatchSet, SampleConfig, SampleSource, sources
 from diffrecon.losses.likelihoods import Likelihood, make_likelihood
 from diffrecon.models.cdi import CDI, CDIConfig
+from diffrecon.physics import optics
 from diffrecon.physics.propagators import FarField
 
 Tensor = torch.Tensor
@@ -172,6 +174,26 @@ class CDISimulator(SampleSource):
         counts = simulate_patterns(self.model(target), self.likelihood, 1, generator=noise)
         counts = torch.as_tensor(counts).reshape(1, *self.frame)
         return PatchSet(torch.where(self.valid, counts, 0.0), torch.as_tensor(target)[None])
+
+    def data(self, seed: int, beamline: Beamline | None = None) -> DiffractionData:
+        """The pattern of chunk ``seed`` as a data set with its truth (sqrt(photons) units),
+        e.g. a held-out object in the training geometry; ``beamline`` gives the wavelength,
+        distance and detector pixel (default: those of ``CDISimulation``)."""
+        beamline = beamline or CDISimulation()
+        wavelength = optics.xray_wavelength_m(beamline.energy_ev)
+        pixel = optics.farfield_pixel_size_m(wavelength, beamline.distance_m,
+                                             self.geometry.array_px, beamline.detector_pixel_m)
+        chunk = self.chunk(seed)
+        assert chunk.targets is not None
+        truth = self.model(chunk.targets[0].numpy()).results()["object"]
+        counts = chunk.counts.numpy()
+        return DiffractionData(
+            patterns=counts if self.geometry.dimensions == 2 else counts[0],
+            wavelength_m=wavelength, distance_m=beamline.distance_m,
+            detector_pixel_size_m=(beamline.detector_pixel_m,) * 2,
+            valid=None if bool(self.valid.all()) else self.valid.numpy(),
+            truth=Truth(object=truth, pixel_size_m=(pixel, pixel)),
+            metadata={"simulation": f"learn cdi {self.geometry.dimensions}D", "seed": str(seed)})
 
     def supervised(self, estimate: Tensor, batch: PatchSet, probe: Tensor | None) -> Tensor:
         assert batch.targets is not None
