@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import diffrecon
+from diffrecon.algorithms.recipe import scale_recipe
 from diffrecon.cli import main
 from diffrecon.errors import ConfigError
+from diffrecon.learn.api import refine_overrides
 from diffrecon.learn.cdi import (
     SCALE_ANCHOR,
     cdi_physics_loss,
@@ -18,6 +20,7 @@ from diffrecon.learn.cdi import (
     flux_scale,
     twin,
 )
+from diffrecon.learn.objects import ObjectGenerator, ObjectSpec
 from diffrecon.learn.samples import read_shards, sources, write_shard
 from diffrecon.learn.train import load_train_config, train
 from diffrecon.losses.likelihoods import make_likelihood
@@ -153,3 +156,21 @@ def test_bf16_training_on_cpu_lowers_the_loss_and_fp16_needs_cuda():
     assert losses[-1] < losses[0] / 2
     with pytest.raises(ConfigError, match="fp16"):
         train(TINY, overrides=['train.precision="fp16"', 'train.device="cpu"'])
+
+
+@pytest.mark.parametrize("kind", ["smooth", "blobs", "voronoi", "texture", "phantom"])
+def test_3d_objects_are_a_function_of_the_seed_in_the_shared_value_range(kind):
+    make = ObjectGenerator(ObjectSpec(kinds=[kind]))
+    first, again, other = make(3, (8, 10, 12)), make(3, (8, 10, 12)), make(4, (8, 10, 12))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (8, 10, 12) and not np.allclose(first, other)
+    assert np.abs(first).min() >= 0.6 - 1e-6 and np.abs(first).max() <= 1 + 1e-6
+    assert np.abs(np.angle(first)).max() <= 1 + 1e-6
+
+
+def test_refinement_runs_the_default_cdi_recipe_scaled_to_the_epochs():
+    assert scale_recipe("hio:800,er:100,gradient:200", 100) == "hio:73,er:9,gradient:18"
+    assert sum(int(stage.split(":")[1]) for stage in scale_recipe("hio:800,er:100", 7).split(
+        ",")) == 7
+    assert refine_overrides("cdi", 100)[0] == 'algorithm.name="hio:73,er:9,gradient:18"'
+    assert refine_overrides("ptycho", 5) == ["recon.epochs=5"]

@@ -165,7 +165,7 @@ class CDISimulator(SampleSource):
         """The CDI forward model of ``target`` scaled to ``photons`` (Parseval)."""
         obj = torch.as_tensor(target)
         scale = math.sqrt(self.geometry.photons / float(obj.abs().square().sum()))
-        return CDI(obj * scale, obj != 0, (1.0,) * self.geometry.dimensions, CDIConfig())
+        return CDI(obj * scale, obj != 0, (1.0, 1.0), CDIConfig())  # pixel: results only
 
     def chunk(self, seed: int) -> PatchSet:
         target = self.target(seed)
