@@ -136,8 +136,8 @@ def main() -> None:
     parser.add_argument("--cases", choices=["ptycho", "cdi"], default="ptycho",
                         help="ptycho: the checks above; cdi: the CDI network (bench_learn_cdi)")
     parser.add_argument("--objects", type=int, default=8, help="cdi: held-out objects")
-    parser.add_argument("--train-seconds", type=float, default=None,
-                        help="cdi: training time limit (default: the config's)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="K=V",
+                        help="cdi: training config overrides, e.g. train.time_limit_s=570")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def main() -> None:
         from bench_learn_cdi import run_cdi
 
         epochs = 100 if args.epochs == 20 else args.epochs  # the CDI comparison: 100 epochs
-        report = run_cdi(OUT, args.model, args.objects, epochs, args.train_seconds)
+        report = run_cdi(OUT, args.model, args.objects, epochs, args.train_set)
         (OUT / "bench_learn_cdi.json").write_text(json.dumps(
             {"threads": args.threads, **report}, indent=2))
         return

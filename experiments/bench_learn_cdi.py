@@ -50,12 +50,13 @@ def _runs(trained: TrainedNet, data: Any, epochs: int, recipe: list[str]
 
 
 def run_cdi(out: Path, model: str | None, objects: int, epochs: int,
-            train_seconds: float | None) -> dict[str, Any]:
-    """Train (or load) the CDI network and compare it with the iterative solver."""
-    report: dict[str, Any] = {"config": str(CONFIG.relative_to(HERE.parent))}
+            overrides: list[str]) -> dict[str, Any]:
+    """Train (or load) the CDI network (config ``overrides``) and compare it with the
+    iterative solver on ``objects`` held-out objects, ``epochs`` solver epochs."""
+    report: dict[str, Any] = {"config": str(CONFIG.relative_to(HERE.parent)),
+                              "overrides": overrides}
     trained: TrainedNet
     if model is None:
-        overrides = [] if train_seconds is None else [f"train.time_limit_s={train_seconds}"]
         run = train(CONFIG, out=out / "learn_cdi_net", overrides=overrides)
         trained = run.trained
         report["training"] = {"seconds": run.seconds, "epochs": len(run.history["loss/train"]),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from diffrecon.data.container import DiffractionData
-from diffrecon.errors import DataFormatError
+from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.learn.cdi import flux_scale
 from diffrecon.learn.losses import probe_weights
 from diffrecon.learn.samples import PatchSet
@@ -52,18 +52,27 @@ class Inference:
     seconds: float
 
 
+def network_probe(trained: TrainedNet) -> Tensor:
+    """The probe a ptychography network was trained with (ConfigError for other networks)."""
+    if trained.probe is None:
+        raise ConfigError(f"a ptychography network is needed here (this one was trained on "
+                          f"'{trained.config.modality}' data)")
+    return trained.probe
+
+
 def scan_patches(data: DiffractionData, trained: TrainedNet,
                  config: PtychoConfig | None = None) -> tuple[Ptycho, PatchSet]:
     """The ptycho model of ``data`` (probe set to the network's) and its patterns as a
     PatchSet (no targets) with the model's sub-pixel offsets."""
-    if tuple(data.frame_shape) != tuple(trained.probe.shape[-2:]):
+    probe = network_probe(trained)
+    if tuple(data.frame_shape) != tuple(probe.shape[-2:]):
         raise DataFormatError(data.source or "<memory>", "patterns",
-                              f"frames of {tuple(trained.probe.shape[-2:])} pixels (the "
+                              f"frames of {tuple(probe.shape[-2:])} pixels (the "
                               "network's training geometry)", f"{tuple(data.frame_shape)}")
-    config = config or PtychoConfig(probe_modes=int(trained.probe.shape[0]))
+    config = config or PtychoConfig(probe_modes=int(probe.shape[0]))
     model = Ptycho.from_data(data, config)
     with torch.no_grad():
-        model.probe.copy_(trained.probe)
+        model.probe.copy_(probe)
     index = torch.arange(data.num_patterns)
     corners, fractions = model._placement(index)
     counts = torch.as_tensor(np.asarray(data.patterns[:]), dtype=torch.float32)
@@ -79,11 +88,13 @@ def infer_scan(data: DiffractionData, trained: TrainedNet,
     estimate = trained.predict(patches.counts)
     seconds = time.perf_counter() - start
     corners, _ = model._placement(torch.arange(data.num_patterns))
-    weights = probe_weights(trained.probe, patches.fractions)
+    probe = network_probe(trained)
+    assert patches.fractions is not None
+    weights = probe_weights(probe, patches.fractions)
     obj = stitch(estimate, weights, corners, tuple(model.object.shape[-2:]))
     with torch.no_grad():
         model.object.copy_(obj[None])
-    return Inference(obj[None].to(torch.complex64), trained.probe.clone(), estimate, model,
+    return Inference(obj[None].to(torch.complex64), probe.clone(), estimate, model,
                      seconds)
 
 

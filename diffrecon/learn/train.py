@@ -165,7 +165,7 @@ def batch_loss(net: nn.Module, batch: PatchSet, trained: TrainedNet, source: Sam
     device = next(net.parameters()).device
     counts = batch.counts.to(device)
     dtype = autocast_dtype(fit, device)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         estimate = net(network_input(counts, trained.scale))
     estimate = estimate.to(torch.complex64)
     total = torch.zeros((), device=device)
