@@ -75,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     trn.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
 
-    inf = sub.add_parser("infer", parents=[common], help="stitch a network's predictions")
+    inf = sub.add_parser("infer", parents=[common],
+                         help="a network's object (ptycho: stitched; cdi: whole)")
     inf.add_argument("model", help="model.pt written by 'diffrecon train'")
-    inf.add_argument("data", help="CXI or HDF5 ptychography data file")
+    inf.add_argument("data", help="CXI or HDF5 ptychography or CDI data file")
     inf.add_argument("--out", required=True, help="run folder")
     inf.add_argument("--refine", type=int, default=0, metavar="N",
                      help="then N epochs of the iterative solver from the network's result")
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             print(_summary(result, time.perf_counter() - start))
         else:
             metrics = "".join(f"; {k} = {v:.4g}" for k, v in result.metrics.items())
-            print(f"stitched in {time.perf_counter() - start:.1f} s{metrics}"
+            print(f"inferred in {time.perf_counter() - start:.1f} s{metrics}"
                   f"\nrun folder: {args.out}")
     elif args.command == "import-stem":
         data = api.import_4dstem(

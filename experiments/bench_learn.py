@@ -3,6 +3,7 @@
     python experiments/bench_learn.py                       # train, then every check
     python experiments/bench_learn.py --model DIR/model.pt  # reuse a trained network
     python experiments/bench_learn.py --priors-only --epochs 30  # RED and deep image prior
+    python experiments/bench_learn.py --cases cdi           # whole-object CDI network
 
 1. Train the network of ``experiments/configs/learn_ptycho.toml`` (smooth, polygon/ellipse,
    Voronoi and 1/f objects; time-limited) and record the training time.
@@ -19,7 +20,9 @@
    validation scan with truth.
 5. Throughput: patterns per second through the network vs. the iterative solver (per epoch).
 6. (--priors-only) RED and deep image prior on a low-dose copy of the held-out scan.
-Results go to experiments/out/bench_learn.json (bench_learn_priors.json).
+7. (--cases cdi) a 2D CDI U-Net vs. the iterative CDI solver, see ``bench_learn_cdi.py``.
+Results go to experiments/out/bench_learn.json (bench_learn_priors.json,
+bench_learn_cdi.json).
 """
 
 from __future__ import annotations
@@ -130,9 +133,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="iterative epochs to compare")
     parser.add_argument("--finetune-steps", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--finetune-lr", type=float, default=3e-6, help="SGD step size")
+    parser.add_argument("--cases", choices=["ptycho", "cdi"], default="ptycho",
+                        help="ptycho: the checks above; cdi: the CDI network (bench_learn_cdi)")
+    parser.add_argument("--objects", type=int, default=8, help="cdi: held-out objects")
+    parser.add_argument("--train-set", action="append", default=[], metavar="K=V",
+                        help="cdi: training config overrides, e.g. train.time_limit_s=570")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.cases == "cdi":
+        from bench_learn_cdi import run_cdi
+
+        epochs = 100 if args.epochs == 20 else args.epochs  # the CDI comparison: 100 epochs
+        report = run_cdi(OUT, args.model, args.objects, epochs, args.train_set)
+        (OUT / "bench_learn_cdi.json").write_text(json.dumps(
+            {"threads": args.threads, **report}, indent=2))
+        return
     config = load_train_config(CONFIG)
     held_out = dataclasses.replace(config.simulation, seed=123, scan_points=100)
     if args.priors_only:

@@ -39,6 +39,18 @@ def parse_recipe(name: str, epochs: int) -> list[tuple[str, int]]:
     return stages
 
 
+def scale_recipe(name: str, epochs: int) -> str:
+    """The recipe ``name`` (e.g. ``"hio:800,er:100,gradient:200"``) with its stage counts
+    scaled in proportion to ``epochs`` in total (each stage at least one step while
+    ``epochs`` allows), e.g. to continue from a good start for a given number of epochs."""
+    stages = parse_recipe(name, epochs)
+    total = sum(count for _, count in stages) or 1
+    counts = [max(1, round(count * epochs / total)) for _, count in stages]
+    counts[-1] = max(0, epochs - sum(counts[:-1]))
+    return ",".join(f"{label}:{count}" for (label, _), count in zip(stages, counts, strict=True)
+                    if count > 0)
+
+
 class Recipe(Algorithm):
     """Runs algorithms in turn, each for a number of steps (one step per epoch for CDI).
 

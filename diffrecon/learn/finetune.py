@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from diffrecon.data.container import DiffractionData
-from diffrecon.learn.infer import scan_patches
+from diffrecon.learn.infer import network_probe, scan_patches
 from diffrecon.learn.losses import probe_weights
 from diffrecon.learn.samples import network_input
 from diffrecon.learn.stitch import blend, global_factors
@@ -61,7 +61,9 @@ def finetune_scan(trained: TrainedNet, data: DiffractionData, steps: int = 20,
     index = torch.arange(data.num_patterns)
     corners, _ = model._placement(index)
     shape = tuple(model.object.shape[-2:])
-    weights = probe_weights(tuned.probe, patches.fractions)
+    probe = network_probe(tuned)
+    assert patches.fractions is not None
+    weights = probe_weights(probe, patches.fractions)
     nll = make_likelihood(likelihood)
     measured = nll.prepare(model.propagator.to_native(patches.counts))
     inputs = network_input(patches.counts, tuned.scale)
@@ -72,7 +74,7 @@ def finetune_scan(trained: TrainedNet, data: DiffractionData, steps: int = 20,
         estimate = tuned.net(inputs)
         factors = global_factors(estimate.detach(), weights, corners, shape)
         obj = blend(estimate, weights, factors, corners, shape)
-        psi = overlap(obj[None], tuned.probe, corners, patches.fractions)
+        psi = overlap(obj[None], probe, corners, patches.fractions)
         field = model.propagator(psi)
         predicted = (field.real.square() + field.imag.square()).sum(1)
         loss = nll.nll(predicted, measured) / measured.numel()

@@ -27,9 +27,10 @@ def _block(conv: type[nn.Module], channels_in: int, channels_out: int) -> nn.Seq
 
 
 def to_complex(amplitude_logit: Tensor, phase_logit: Tensor, amplitude_max: float) -> Tensor:
-    """Complex object from the two head outputs (same real shape)."""
-    amplitude = amplitude_max * torch.sigmoid(amplitude_logit)
-    return torch.polar(amplitude, math.pi * torch.tanh(phase_logit))
+    """Complex object (complex64) from the two head outputs (same real shape); the heads may
+    be reduced precision (autocast), the complex object is always float32-based."""
+    amplitude = amplitude_max * torch.sigmoid(amplitude_logit.float())
+    return torch.polar(amplitude, math.pi * torch.tanh(phase_logit.float()))
 
 
 class PtychoNN(nn.Module):

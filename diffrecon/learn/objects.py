@@ -5,6 +5,9 @@ shared :func:`to_transmission` turns an (amplitude structure, phase structure) p
 complex transmission with amplitude in ``amplitude_range`` and phase within +-``phase_rad``,
 the same ranges for every class, so a network trained on some classes sees held-out classes
 in the same value range. Objects are reproducible from ``(kind, seed)`` alone.
+
+Every class but ``images`` also draws 3D objects (D, H, W) (for 3D CDI; ``blobs`` are then
+ellipsoids, ``phantom`` the simulator's test volume).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.config import doc
-from diffrecon.data.phantoms import complex_phantom, pink_noise, smooth_noise
+from diffrecon.data.phantoms import complex_phantom, complex_volume, pink_noise, smooth_noise
 from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.registry import Registry
 
-Structure = Callable[[tuple[int, int], np.random.Generator], np.ndarray]
+Structure = Callable[[tuple[int, ...], np.random.Generator], np.ndarray]
 
-#: generators of real structure maps (H, W) in [0, 1]
+#: generators of real structure maps (H, W) (or (D, H, W) where noted) in [0, 1]
 structures: Registry[Structure] = Registry("object generator")
 
 
@@ -33,15 +36,19 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 
 @structures.register("smooth")
-def smooth_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Gaussian-correlated noise with a random correlation length (1.5 px to 1/6 of the size)."""
+def smooth_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-correlated noise with a random correlation length (1.5 px to 1/6 of the size);
+    2D or 3D."""
     length = rng.uniform(1.5, max(2.0, min(shape) / 6))
     return 0.5 + 0.5 * np.tanh(smooth_noise(shape, length, rng))
 
 
 @structures.register("blobs")
-def blob_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Random filled polygons and ellipses of random heights on a zero background."""
+def blob_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random filled polygons and ellipses of random heights on a zero background (3D:
+    ellipsoids)."""
+    if len(shape) == 3:
+        return _ellipsoids(shape, rng)
     h, w = shape
     y, x = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     out = np.zeros(shape)
@@ -63,20 +70,32 @@ def blob_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarr
     return out
 
 
+def _ellipsoids(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    out = np.zeros(shape)
+    for _ in range(int(rng.integers(4, 14))):
+        centre = rng.uniform(0, 1, 3) * np.array(shape)
+        radii = rng.uniform(1.5, min(shape) / 4, 3)
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True))
+        out[inside <= 1] = rng.uniform(0.2, 1.0)
+    return out
+
+
 @structures.register("voronoi")
-def voronoi_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Voronoi grains, each with a constant random value (polycrystal-like)."""
-    h, w = shape
-    count = int(rng.integers(5, max(6, h * w // 40)))
-    seeds = rng.uniform(0, 1, (count, 2)) * np.array([h, w])
-    y, x = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    distance = (y[..., None] - seeds[:, 0]) ** 2 + (x[..., None] - seeds[:, 1]) ** 2
+def voronoi_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Voronoi grains, each with a constant random value (polycrystal-like); 2D or 3D (the
+    number of grains grows with the area of a 2D section)."""
+    area = math.prod(shape[-2:])
+    count = int(rng.integers(5, max(6, area // 40)))
+    seeds = rng.uniform(0, 1, (count, len(shape))) * np.array(shape)
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    distance = sum((g[..., None] - seeds[:, k]) ** 2 for k, g in enumerate(grids))
     return rng.uniform(0, 1, count)[np.argmin(distance, axis=-1)]
 
 
 @structures.register("texture")
-def texture_structure(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A 1/f^a texture (natural-image statistics), a in [0.8, 2]."""
+def texture_structure(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A 1/f^a texture (natural-image statistics), a in [0.8, 2]; 2D or 3D."""
     return 0.5 + 0.5 * np.tanh(pink_noise(shape, rng, rng.uniform(0.8, 2.0)))
 
 
@@ -151,10 +170,12 @@ class ObjectGenerator:
         if not spec.kinds:
             raise ConfigError("config key 'objects.kinds': expected at least one class")
 
-    def __call__(self, seed: int, shape: tuple[int, int]) -> np.ndarray:
-        """Object (H, W) complex64 number ``seed``."""
+    def __call__(self, seed: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Object ``shape`` ((H, W) or (D, H, W)) complex64 number ``seed``."""
         rng = np.random.default_rng([seed, 7919])
         kind = self.spec.kinds[int(rng.integers(len(self.spec.kinds)))]
+        if len(shape) == 3:
+            return self._volume(kind, shape, rng)
         if kind == "phantom":
             obj = complex_phantom(shape, rng, amplitude_range=tuple(self.spec.amplitude_range),
                                   phase_range=self.spec.phase_rad)
@@ -162,5 +183,15 @@ class ObjectGenerator:
         if kind == "images":
             pick = lambda: _crop(self.images[int(rng.integers(len(self.images)))], shape, rng)  # noqa: E731
             return to_transmission(pick(), pick(), self.spec)
+        make = structures.get(kind)
+        return to_transmission(make(shape, rng), make(shape, rng), self.spec)
+
+    def _volume(self, kind: str, shape: tuple[int, ...], rng: np.random.Generator
+                ) -> np.ndarray:
+        if kind == "phantom":
+            volume = complex_volume((shape[0], shape[1], shape[2]), rng)
+            return to_transmission(_unit(np.abs(volume)), _unit(np.angle(volume)), self.spec)
+        if kind == "images":
+            raise ConfigError("config key 'objects.kinds': 'images' draws 2D objects only")
         make = structures.get(kind)
         return to_transmission(make(shape, rng), make(shape, rng), self.spec)

@@ -1,13 +1,18 @@
-"""Training samples for ptychography networks: (pattern, object patch) pairs from the ``ptycho``
-model itself, so that a network's output lives in exactly the frame the iterative solver uses.
+"""Training samples: (pattern, target) pairs from a registered forward model, so that a
+network's output lives in exactly the frame the iterative solver uses.
 
-A *chunk* is one random object (from :class:`ObjectGenerator`) scanned at random sub-pixel
-positions by the simulation's probe, evaluated through the registered ``ptycho`` forward model
-and noised by a registered likelihood (``data.simulate.simulate_patterns``). The target of each
-pattern is the object window the model multiplies with the probe (``extract_patches`` at the
-integer corner), and the sub-pixel part of the position is kept, since the model shifts the
-probe by it. Chunk ``k`` of a split is a pure function of ``(split seed, k)``; training and
-validation use disjoint seeds, so the split is by generator seed.
+A :class:`SampleSource` (registry ``sources``, keyed by modality) draws *chunks*: chunk ``k``
+of a split is a pure function of ``(split seed, k)``; training and validation use disjoint
+seeds, so the split is by generator seed. Chunks are simulated per epoch (streamed) or once,
+or read from HDF5 shards (:func:`write_shard`). This module holds the ``ptycho`` source; the
+``cdi`` source is in ``learn.cdi``.
+
+For ptychography a *chunk* is one random object (from :class:`ObjectGenerator`) scanned at
+random sub-pixel positions by the simulation's probe, evaluated through the registered
+``ptycho`` forward model and noised by a registered likelihood
+(``data.simulate.simulate_patterns``). The target of each pattern is the object window the model
+multiplies with the probe (``extract_patches`` at the integer corner), and the sub-pixel part of
+the position is kept, since the model shifts the probe by it.
 
 Input normalisation happens in one place, :func:`network_input`.
 """
@@ -15,7 +20,9 @@ Input normalisation happens in one place, :func:`network_input`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +30,13 @@ import torch
 from diffrecon.config import doc
 from diffrecon.data.simulate import PtychoSimulation, simulate_patterns, simulation_probe
 from diffrecon.errors import DataFormatError
+from diffrecon.learn.losses import physics_loss, probe_weights, supervised_loss
 from diffrecon.learn.objects import ObjectGenerator, ObjectSpec
-from diffrecon.losses.likelihoods import make_likelihood
+from diffrecon.losses.likelihoods import Likelihood, make_likelihood
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
 from diffrecon.physics.propagators import FarField
 from diffrecon.physics.shifts import extract_patches
+from diffrecon.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -39,10 +48,10 @@ VALIDATION_SEED = 1_000_003
 class SampleConfig:
     """How training chunks are drawn."""
 
-    chunks: int = doc(200, "training objects (chunks) per epoch")
+    chunks: int = doc(200, "training objects (chunks) per epoch (cdi: one pattern each)")
     validation_chunks: int = doc(16, "validation objects (fixed seeds, disjoint from training)")
-    patterns_per_chunk: int = doc(32, "random scan positions per object")
-    margin_px: int = doc(16, "object size is the frame plus this margin, pixels")
+    patterns_per_chunk: int = doc(32, "ptycho: random scan positions per object")
+    margin_px: int = doc(16, "ptycho: object size is the frame plus this margin, pixels")
     stream: bool = doc(False, "draw new objects every epoch (else the same chunks each epoch)")
     shards: list[str] = doc([], "HDF5 shards (from write_shard) used instead of simulating")
     seed: int = doc(0, "base seed of the training chunks")
@@ -53,28 +62,32 @@ class PatchSet:
     """Patterns and their ground truth, batch first.
 
     Attributes:
-        counts: (N, h, w) float32 counts, DC-centred as on the detector.
-        targets: (N, h, w) complex64 object windows, or None (unlabelled data).
-        fractions: (N, 2) float32 sub-pixel probe offsets in [0, 1) pixels (y, x).
+        counts: (N, *S) float32 counts, DC-centred as on the detector; S = (h, w) for 2D
+            patterns, (D, H, W) for 3D CDI intensity volumes.
+        targets: (N, *S) complex64 objects (ptycho: object windows), or None (unlabelled).
+        fractions: (N, 2) float32 sub-pixel probe offsets in [0, 1) pixels (y, x) for
+            ptychography; None where the model has no probe (CDI).
     """
 
     counts: Tensor
     targets: Tensor | None
-    fractions: Tensor
+    fractions: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])
 
     def subset(self, index: Tensor) -> PatchSet:
         return PatchSet(self.counts[index], None if self.targets is None else self.targets[index],
-                        self.fractions[index])
+                        None if self.fractions is None else self.fractions[index])
 
     @staticmethod
     def concat(sets: list[PatchSet]) -> PatchSet:
-        targets = None if any(s.targets is None for s in sets) else torch.cat(
-            [s.targets for s in sets if s.targets is not None])
-        return PatchSet(torch.cat([s.counts for s in sets]), targets,
-                        torch.cat([s.fractions for s in sets]))
+        def joined(values: list[Tensor | None]) -> Tensor | None:
+            return None if any(v is None for v in values) else torch.cat(
+                [v for v in values if v is not None])
+
+        return PatchSet(torch.cat([s.counts for s in sets]), joined([s.targets for s in sets]),
+                        joined([s.fractions for s in sets]))
 
 
 def network_input(counts: Tensor, scale: float) -> Tensor:
@@ -86,7 +99,53 @@ def network_input(counts: Tensor, scale: float) -> Tensor:
     return (counts.clamp(min=0).sqrt() / scale)[:, None].to(torch.float32)
 
 
-class PatchSimulator:
+class SampleSource:
+    """Seeded chunks of (pattern, target) pairs from one forward model, and the training losses
+    that fit its geometry (the subclass says what a chunk is and what the losses compare).
+
+    Attributes:
+        samples: chunk counts and seeds.
+        probe: (M, h, w) complex probe stored with the network (ptycho), or None.
+    """
+
+    samples: SampleConfig
+    probe: Tensor | None = None
+
+    @property
+    def frame(self) -> tuple[int, ...]:
+        """Spatial shape of one pattern (and of the network's input and output)."""
+        raise NotImplementedError
+
+    def chunk(self, seed: int) -> PatchSet:
+        """The chunk of generator seed ``seed`` (deterministic)."""
+        raise NotImplementedError
+
+    def supervised(self, estimate: Tensor, batch: PatchSet, probe: Tensor | None) -> Tensor:
+        """Supervised loss of network output ``estimate`` (B, *S) against ``batch.targets``."""
+        raise NotImplementedError
+
+    def physics(self, estimate: Tensor, batch: PatchSet, probe: Tensor | None,
+                likelihood: Likelihood) -> Tensor:
+        """Negative log-likelihood per pixel of ``batch.counts`` given ``estimate``."""
+        raise NotImplementedError
+
+    def split(self, validation: bool = False, epoch: int = 0) -> PatchSet:
+        """All chunks of the training split (of ``epoch`` when streaming) or the validation
+        split."""
+        if validation:
+            seeds = [VALIDATION_SEED + k for k in range(self.samples.validation_chunks)]
+        else:
+            first = self.samples.seed + (epoch * self.samples.chunks if self.samples.stream
+                                         else 0)
+            seeds = list(range(first, first + self.samples.chunks))
+        return PatchSet.concat([self.chunk(seed) for seed in seeds])
+
+
+#: training-data sources by modality: ``factory(train_config) -> SampleSource``
+sources: Registry[Callable[[Any], SampleSource]] = Registry("training-data source")
+
+
+class PatchSimulator(SampleSource):
     """Chunks of (pattern, target) pairs for one probe and detector geometry.
 
     Args:
@@ -110,7 +169,6 @@ class PatchSimulator:
         return (int(self.probe.shape[-2]), int(self.probe.shape[-1]))
 
     def chunk(self, seed: int) -> PatchSet:
-        """The chunk of generator seed ``seed`` (deterministic)."""
         h, w = self.frame
         size = (h + self.samples.margin_px, w + self.samples.margin_px)
         obj = torch.as_tensor(self.generator(seed, size))[None]
@@ -127,25 +185,32 @@ class PatchSimulator:
         return PatchSet(torch.as_tensor(counts), targets.detach(),
                         (model.positions.detach() - corners).to(torch.float32))
 
-    def split(self, validation: bool = False, epoch: int = 0) -> PatchSet:
-        """All chunks of the training split (of ``epoch`` when streaming) or the validation
-        split."""
-        if validation:
-            seeds = [VALIDATION_SEED + k for k in range(self.samples.validation_chunks)]
-        else:
-            first = self.samples.seed + (epoch * self.samples.chunks if self.samples.stream
-                                         else 0)
-            seeds = list(range(first, first + self.samples.chunks))
-        return PatchSet.concat([self.chunk(seed) for seed in seeds])
+    def supervised(self, estimate: Tensor, batch: PatchSet, probe: Tensor | None) -> Tensor:
+        assert batch.targets is not None and batch.fractions is not None and probe is not None
+        fractions = batch.fractions.to(estimate.device)
+        return supervised_loss(estimate, batch.targets.to(estimate.device),
+                               probe_weights(probe, fractions))
+
+    def physics(self, estimate: Tensor, batch: PatchSet, probe: Tensor | None,
+                likelihood: Likelihood) -> Tensor:
+        assert batch.fractions is not None and probe is not None
+        return physics_loss(estimate, batch.counts.to(estimate.device), probe,
+                            batch.fractions.to(estimate.device), FarField(), likelihood)
+
+
+sources.register("ptycho")(
+    lambda config: PatchSimulator(config.simulation, config.objects, config.samples))
 
 
 def write_shard(patches: PatchSet, path: str | Path) -> None:
-    """Write a PatchSet to an HDF5 shard (datasets counts, targets, fractions)."""
+    """Write a PatchSet to an HDF5 shard (datasets counts, targets and fractions when
+    present)."""
     import h5py
 
     with h5py.File(path, "w") as handle:
         handle["counts"] = patches.counts.numpy()
-        handle["fractions"] = patches.fractions.numpy()
+        if patches.fractions is not None:
+            handle["fractions"] = patches.fractions.numpy()
         if patches.targets is not None:
             handle["targets"] = patches.targets.numpy()
 
@@ -157,11 +222,10 @@ def read_shards(paths: list[str]) -> PatchSet:
     sets = []
     for path in paths:
         with h5py.File(path, "r") as handle:
-            for key in ("counts", "fractions"):
-                if key not in handle:
-                    raise DataFormatError(path, key, "a dataset written by write_shard",
-                                          "nothing")
-            targets = torch.as_tensor(handle["targets"][()]) if "targets" in handle else None
-            sets.append(PatchSet(torch.as_tensor(handle["counts"][()]), targets,
-                                 torch.as_tensor(handle["fractions"][()])))
+            if "counts" not in handle:
+                raise DataFormatError(path, "counts", "a dataset written by write_shard",
+                                      "nothing")
+            optional = {key: torch.as_tensor(handle[key][()]) if key in handle else None
+                        for key in ("targets", "fractions")}
+            sets.append(PatchSet(torch.as_tensor(handle["counts"][()]), **optional))
     return PatchSet.concat(sets)

@@ -1,9 +1,10 @@
 """Training inversion networks: supervised and physics-informed losses, DDP, checkpoints.
 
-``train(config, out)`` (CLI: ``diffrecon train CONFIG.toml --out DIR``) simulates patches with
-the registered ``ptycho`` model (``learn.samples``), fits a registered network (``learn.nets``)
-with ``supervised_weight * supervised + physics_weight * physics`` and writes ``DIR/model.pt``
-(the network, its input scale, the probe and the configuration), ``DIR/checkpoint.pt``
+``train(config, out)`` (CLI: ``diffrecon train CONFIG.toml --out DIR``) simulates training pairs
+with the registered forward model named by ``modality`` (``ptycho``: patches, ``learn.samples``;
+``cdi``: whole 2D or 3D objects, ``learn.cdi``), fits a registered network (``learn.nets``) with
+``supervised_weight * supervised + physics_weight * physics`` and writes ``DIR/model.pt`` (the
+network, its input scale, the probe (ptycho) and the configuration), ``DIR/checkpoint.pt``
 (resumable state), ``DIR/config.toml`` and ``DIR/tensorboard/`` (``loss/train``,
 ``loss/validation``, per-term losses, image grids of input, prediction and truth, hparams).
 
@@ -11,6 +12,10 @@ Launched by ``torchrun`` the network is wrapped in ``DistributedDataParallel`` (
 NCCL on GPU); every minibatch of the single-process run is split into one contiguous share per
 rank (``recon.distributed.shard_index``), so the averaged gradient equals the single-process
 gradient of the whole minibatch. Only rank 0 logs and writes.
+
+``train.precision`` runs the network's forward pass in bfloat16 (``torch.autocast``, CPU or
+CUDA) or float16 (CUDA only, with a ``GradScaler``); the losses and their physics (FFTs,
+likelihoods) stay in float32 / complex64.
 """
 
 from __future__ import annotations
@@ -30,18 +35,19 @@ from torch import nn
 from diffrecon import config as cfg
 from diffrecon.config import doc
 from diffrecon.data.simulate import PtychoSimulation
-from diffrecon.learn.losses import physics_loss, probe_weights, supervised_loss
+from diffrecon.errors import ConfigError
+from diffrecon.learn.cdi import CDISamples
 from diffrecon.learn.nets import build_net
 from diffrecon.learn.objects import ObjectSpec
 from diffrecon.learn.samples import (
     PatchSet,
-    PatchSimulator,
     SampleConfig,
+    SampleSource,
     network_input,
     read_shards,
+    sources,
 )
 from diffrecon.losses.likelihoods import make_likelihood
-from diffrecon.physics.propagators import FarField
 from diffrecon.recon import distributed
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.runconfig import merge_tables
@@ -70,15 +76,20 @@ class FitConfig:
     seed: int = doc(0, "seed of initial weights and batch order")
     time_limit_s: float = doc(0.0, "stop after this many seconds of training (0: no limit)")
     device: str = doc("cpu", "torch device")
-    mixed_precision: bool = doc(False, "bfloat16 autocast on CUDA (ignored on CPU)")
+    precision: Literal["fp32", "bf16", "fp16"] = doc(
+        "fp32", "network arithmetic: fp32; bf16 (autocast, CPU or CUDA); fp16 (autocast and "
+        "gradient scaling, CUDA only)")
     distributed: Literal["auto", "on", "off"] = doc("auto", "DDP when launched by torchrun")
     image_every: int = doc(5, "log image grids every n epochs")
 
 
 @dataclasses.dataclass
 class TrainConfig:
+    modality: str = doc("ptycho", "forward model the training data come from: ptycho "
+                        "([simulation], patches) or cdi ([cdi], whole objects)")
     simulation: PtychoSimulation = dataclasses.field(default_factory=lambda: PtychoSimulation(
         frame_px=32, photons_per_pattern=1e5))
+    cdi: CDISamples = dataclasses.field(default_factory=CDISamples)
     objects: ObjectSpec = dataclasses.field(default_factory=ObjectSpec)
     samples: SampleConfig = dataclasses.field(default_factory=SampleConfig)
     net: NetConfig = dataclasses.field(default_factory=NetConfig)
@@ -101,11 +112,12 @@ def load_train_config(source: str | Path | dict[str, Any] | TrainConfig | None =
 
 @dataclasses.dataclass
 class TrainedNet:
-    """A network with what it needs at inference: input scale, probe and its configuration."""
+    """A network with what it needs at inference: input scale, probe (ptycho; None for CDI)
+    and its configuration."""
 
     net: nn.Module
     scale: float
-    probe: Tensor
+    probe: Tensor | None
     config: TrainConfig
 
     def predict(self, counts: Tensor, batch_size: int = 256) -> Tensor:
@@ -127,40 +139,54 @@ def load_network(path: str | Path, device: str = "cpu") -> TrainedNet:
     """Read a ``model.pt`` written by :func:`train` (or ``TrainedNet.save``)."""
     state = load_checkpoint(path)
     config = load_train_config(state["config"])
-    net = build_net(config.net.name, config.net.width, config.net.depth,
-                    config.net.amplitude_max, config.simulation.frame_px)
+    net = new_net(config)
     net.load_state_dict(state["net"])
     return TrainedNet(net.to(device).eval(), float(state["scale"]), state["probe"], config)
 
 
-def batch_loss(net: nn.Module, batch: PatchSet, trained: TrainedNet, likelihood: Any,
-               fit: FitConfig) -> tuple[Tensor, dict[str, float]]:
+def new_net(config: TrainConfig) -> nn.Module:
+    """The untrained network of ``config`` (``ptychonn`` sizes its dense layer by the frame)."""
+    frame = (config.cdi.array_px if config.modality == "cdi" else config.simulation.frame_px)
+    return build_net(config.net.name, config.net.width, config.net.depth,
+                     config.net.amplitude_max, frame)
+
+
+def autocast_dtype(fit: FitConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``fit.precision`` on ``device`` (None: full precision)."""
+    if fit.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"config key 'train.precision': 'fp16' needs a CUDA device (found "
+                          f"'{device.type}'); use 'bf16' or 'fp32'")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[fit.precision]
+
+
+def batch_loss(net: nn.Module, batch: PatchSet, trained: TrainedNet, source: SampleSource,
+               likelihood: Any, fit: FitConfig) -> tuple[Tensor, dict[str, float]]:
     """The weighted training loss of one (share of a) minibatch and its terms."""
-    device = trained.probe.device
+    device = next(net.parameters()).device
     counts = batch.counts.to(device)
-    use_amp = fit.mixed_precision and device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+    dtype = autocast_dtype(fit, device)
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         estimate = net(network_input(counts, trained.scale))
     estimate = estimate.to(torch.complex64)
-    fractions = batch.fractions.to(device)
     total = torch.zeros((), device=device)
     terms: dict[str, float] = {}
     if fit.supervised_weight and batch.targets is not None:
-        weights = probe_weights(trained.probe, fractions)
-        value = supervised_loss(estimate, batch.targets.to(device), weights)
+        value = source.supervised(estimate, batch, trained.probe)
         total = total + fit.supervised_weight * value
         terms["supervised"] = float(value.detach())
     if fit.physics_weight:
-        value = physics_loss(estimate, counts, trained.probe, fractions, FarField(), likelihood)
+        value = source.physics(estimate, batch, trained.probe, likelihood)
         total = total + fit.physics_weight * value
         terms["physics"] = float(value.detach())
     return total, terms
 
 
-def run_epoch(model: nn.Module, trained: TrainedNet, patches: PatchSet,
+def run_epoch(model: nn.Module, trained: TrainedNet, source: SampleSource, patches: PatchSet,
               optimizer: torch.optim.Optimizer | None, fit: FitConfig, epoch: int,
-              comm: distributed.Communicator) -> dict[str, float]:
-    """One pass (training when ``optimizer`` is given); the mean loss terms over all ranks."""
+              comm: distributed.Communicator,
+              scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass (training when ``optimizer`` is given); the mean loss terms over all ranks.
+    ``scaler`` (fp16) scales the loss before the backward pass and unscales the step."""
     likelihood = make_likelihood(fit.likelihood)
     n = len(patches)
     if optimizer is not None:
@@ -177,20 +203,27 @@ def run_epoch(model: nn.Module, trained: TrainedNet, patches: PatchSet,
         weight = (distributed.shard_index(index, comm.rank, comm.world_size).numel()
                   / index.numel())
         with torch.set_grad_enabled(optimizer is not None):
-            loss, terms = batch_loss(model, patches.subset(share), trained, likelihood, fit)
+            loss, terms = batch_loss(model, patches.subset(share), trained, source, likelihood,
+                                     fit)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients; scaling by world_size * share fraction makes
             # that average the gradient of the whole minibatch's mean loss
-            (loss * weight * comm.world_size).backward()
-            optimizer.step()
+            scaled = loss * weight * comm.world_size
+            if scaler is None:
+                scaled.backward()
+                optimizer.step()
+            else:
+                scaler.scale(scaled).backward()
+                scaler.step(optimizer)
+                scaler.update()
         for name, value in {"total": float(loss.detach()), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value * weight * index.numel()
     sums = comm.reduce_scalars(sums) if comm.world_size > 1 else sums
     return {name: value / n for name, value in sums.items()}
 
 
-def _patches(simulator: PatchSimulator, samples: SampleConfig, epoch: int) -> PatchSet:
+def _patches(simulator: SampleSource, samples: SampleConfig, epoch: int) -> PatchSet:
     if samples.shards:
         return read_shards(samples.shards)
     return simulator.split(epoch=epoch)
@@ -203,13 +236,15 @@ def input_scale(patches: PatchSet) -> float:
 
 def _log_images(logger: Any, trained: TrainedNet, patches: PatchSet, step: int) -> None:
     sample = patches.subset(torch.arange(min(4, len(patches))))
-    estimate = trained.predict(sample.counts)
-    inputs = network_input(sample.counts, trained.scale)[:, 0].numpy()
-    logger.image("images/input", np.concatenate(list(inputs), axis=1), step)
-    logger.complex_image("images/prediction", np.concatenate(list(estimate.numpy()), 1), step)
+
+    def row(batch: Tensor) -> np.ndarray:  # side by side; 3D: the central slices
+        return np.concatenate([x[x.shape[0] // 2] if x.ndim == 3 else x
+                               for x in batch.numpy()], axis=1)
+
+    logger.image("images/input", row(network_input(sample.counts, trained.scale)[:, 0]), step)
+    logger.complex_image("images/prediction", row(trained.predict(sample.counts)), step)
     if sample.targets is not None:
-        logger.complex_image("images/truth", np.concatenate(list(sample.targets.numpy()), 1),
-                             step)
+        logger.complex_image("images/truth", row(sample.targets), step)
 
 
 @dataclasses.dataclass
@@ -242,18 +277,19 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
     fit = config.train
     with distributed.session(fit.distributed, fit.device) as comm:
         torch.manual_seed(fit.seed)
-        simulator = PatchSimulator(config.simulation, config.objects, config.samples)
+        simulator = sources.get(config.modality)(config)
         patches = data if data is not None else _patches(simulator, config.samples, 0)
         validation = None if data is not None else simulator.split(validation=True)
         if initial is None:
-            net = build_net(config.net.name, config.net.width, config.net.depth,
-                            config.net.amplitude_max, config.simulation.frame_px)
-            trained = TrainedNet(net, input_scale(patches), simulator.probe, config)
+            trained = TrainedNet(new_net(config), input_scale(patches), simulator.probe, config)
         else:
             trained = dataclasses.replace(initial, config=config)
         device = comm.device
+        autocast_dtype(fit, device)  # a ConfigError before any work when fp16 lacks CUDA
+        scaler = torch.amp.GradScaler("cuda") if fit.precision == "fp16" else None
         trained.net.to(device).train()
-        trained.probe = trained.probe.to(device)
+        if trained.probe is not None:
+            trained.probe = trained.probe.to(device)
         comm.broadcast_module(trained.net)
         model: nn.Module = trained.net
         if comm.world_size > 1:
@@ -284,14 +320,15 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                 if config.samples.stream and epoch > 0 and data is None:
                     patches = _patches(simulator, config.samples, epoch)
                 trained.net.train()
-                terms = run_epoch(model, trained, patches, optimizer, fit, epoch, comm)
+                terms = run_epoch(model, trained, simulator, patches, optimizer, fit, epoch,
+                                  comm, scaler)
                 schedule.step()
                 trained.net.eval()
                 record = {f"loss/train/{k}": v for k, v in terms.items() if k != "total"}
                 record["loss/train"] = terms["total"]
                 if validation is not None:
-                    record["loss/validation"] = run_epoch(model, trained, validation, None, fit,
-                                                          epoch, comm)["total"]
+                    record["loss/validation"] = run_epoch(model, trained, simulator, validation,
+                                                          None, fit, epoch, comm)["total"]
                 for key, value in record.items():
                     history.setdefault(key, []).append(value)
                 logger.scalars(record, epoch)
@@ -309,7 +346,8 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
                 if fit.time_limit_s and time.perf_counter() - start > fit.time_limit_s:
                     break
             seconds = time.perf_counter() - start
-            logger.hparams({"net": config.net.name, "width": config.net.width,
+            logger.hparams({"modality": config.modality, "net": config.net.name,
+                            "width": config.net.width, "precision": fit.precision,
                             "lr": fit.lr, "batch_size": fit.batch_size,
                             "physics_weight": fit.physics_weight},
                            {k: v[-1] for k, v in history.items() if v})
@@ -318,5 +356,6 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
         if comm.world_size > 1:  # leave together: rank 0 may still be writing its files
             torch.distributed.barrier()
         trained.net.eval()
-        trained.probe = trained.probe.cpu()
+        if trained.probe is not None:
+            trained.probe = trained.probe.cpu()
         return TrainResult(trained, history, seconds, out_dir)
