@@ -33,6 +33,7 @@ from diffrecon.data.container import DiffractionData
 from diffrecon.data.fpm import led_table
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, ParamSpec, models
+from diffrecon.models.fp_pupil import ZernikeFit
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics import led_array
 from diffrecon.physics.aberrations import aperture, polar_grid
@@ -62,6 +63,11 @@ class FourierPtychoConfig:
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
         "(the object restarts from the bright-field guess at each halving)")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
+    zernike_fit: bool = doc(
+        True, "fit the Zernike coefficients once per epoch by L-BFGS on the bright-field "
+        "images with the object held, low radial orders first (models/fp_pupil.py), instead "
+        "of per minibatch; params.aberrations (enabled, start, every) still schedules it")
+    zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit")
 
 
 @dataclasses.dataclass
@@ -230,7 +236,8 @@ class FourierPtycho(ForwardModel):
         return psi.reshape(*weights.shape, *psi.shape[-2:]) * weights[..., None, None]
 
     def callbacks(self) -> list[Any]:
-        return [LEDCalibration()] if self.config.calibrate_leds else []
+        return ([LEDCalibration()] if self.config.calibrate_leds else []) + (
+            [ZernikeFit()] if self.config.zernike_fit else [])
 
     @torch.no_grad()
     def image_losses(self, measured: Tensor, likelihood: Any, shift_px: Tensor,
