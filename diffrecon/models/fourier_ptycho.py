@@ -174,8 +174,11 @@ class FourierPtycho(ForwardModel):
         leds = torch.as_tensor(table.positions_m)
         bright = led_array.is_brightfield(leds, data.distance_m, scope.numerical_aperture)
         images = [i for i, row in enumerate(table.groups) if bool(bright[row[0]])]
-        mean = np.mean(np.asarray(data.patterns[images or list(range(data.num_patterns))],
-                                  dtype=np.float64), axis=0)
+        images = images or list(range(data.num_patterns))
+        # per LED: a multiplexed image holds the sum of its lit LEDs' images
+        lit = np.maximum((np.asarray(table.groups)[images] >= 0).sum(1), 1)
+        mean = np.mean(np.asarray(data.patterns[images], dtype=np.float64)
+                       / lit[:, None, None], axis=0)
         counts = max(float(mean.mean()), 1e-12)
         (h, w), (big_h, big_w) = scope.frame, scope.grid
         # bright-field start: the upsampled (zero-padded spectrum) mean bright-field amplitude
