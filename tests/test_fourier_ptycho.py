@@ -12,12 +12,15 @@ import pytest
 import torch
 
 import diffrecon
+from diffrecon.data.dataset import PatternBatches
 from diffrecon.data.fpm import led_table, load_fp
 from diffrecon.data.simulate_fp import FPSimulation, simulate_fp
 from diffrecon.errors import ConfigError, DataFormatError
+from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.losses.metrics import nrmse
 from diffrecon.models.base import models
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
+from diffrecon.models.fp_pupil import brightfield_images, fit_aberrations, free_coefficients
 from diffrecon.physics import led_array
 from diffrecon.physics.fft import fft2c
 from diffrecon.physics.zernike import fit_zernike, noll_to_nm, zernike_basis, zernike_phase
@@ -309,3 +312,47 @@ def test_led_calibration_recovers_a_shifted_rotated_array():
     shift = result.results["led_shift_m"]
     assert np.hypot(*(shift - np.array([0.5e-3, -0.3e-3]))) < 0.1e-3
     assert abs(np.degrees(result.results["led_rotation_rad"]) - 2.0) < 0.75
+
+
+def test_zernike_fit_recovers_the_pupil_with_the_object_held():
+    """``fit_aberrations`` on the bright-field images, the true object held, finds the
+    true Zernike coefficients from zero, coarse to fine (Noll 4-6, 4-8, then all)."""
+    truth = {"Z4": 0.2, "Z5": -0.1, "Z7": 0.1}
+    data = simulate_fp(small_settings(zernike_waves=truth, noise="none", led_height_m=60e-3))
+    model = FourierPtycho.from_data(data, FourierPtychoConfig())
+    scale = math.sqrt(1e4 * 32 * 32 / (model.scope.grid[0] * model.scope.grid[1]))
+    with torch.no_grad():  # the simulator's scaling: pupil amplitude and true spectrum
+        model.object.copy_(fft2c(torch.as_tensor(data.truth.object)).to(torch.complex64))
+        model.amplitude = scale
+        model.pupil.copy_((model.support * scale).to(torch.complex64)[None])
+    likelihood = make_likelihood("amplitude")
+    index = brightfield_images(model)
+    assert len(index) == 9  # the central 3 x 3 LEDs at this height
+    measured = PatternBatches(data, model.propagator, prepare=likelihood.prepare)(index)
+    start = fit_aberrations(model, index, measured, likelihood,
+                            torch.zeros(len(model.noll)), iterations=1)
+    for done in (0, 4, 10):  # coarse to fine, as the loop callback does
+        final = fit_aberrations(model, index, measured, likelihood,
+                                free_coefficients(model.noll, done), iterations=20)
+    expected = torch.zeros(len(model.noll))
+    for name, value in truth.items():
+        expected[model.noll.index(int(name[1:]))] = value
+    assert torch.allclose(model.aberrations.detach(), expected, atol=0.01)
+    assert final < 1e-3 * start
+    assert [int(free_coefficients(model.noll, done).sum()) for done in (0, 4, 10)] == [3, 5, 12]
+
+
+def test_multiplexed_groups_hold_no_facing_leds():
+    """Each multiplexed image lights LEDs of one azimuth quadrant, bright- and dark-field
+    apart (a facing pair k, -k would leave the twin of its band undetermined)."""
+    data = simulate_fp(small_settings(leds_per_image=4))
+    table = led_table(data)
+    positions = torch.as_tensor(table.positions_m)
+    bright = led_array.is_brightfield(positions, data.distance_m, 0.1)
+    for row in table.groups:
+        leds = row[row >= 0]
+        assert len(set(bright[leds].tolist())) == 1
+        directions = positions[leds] / positions[leds].norm(dim=1, keepdim=True).clamp(min=1e-12)
+        assert float((directions @ directions.T).min()) >= -1e-9  # no pair beyond 90 degrees
+    assert sorted(np.concatenate([row[row >= 0] for row in table.groups]).tolist()) == list(
+        range(len(positions)))

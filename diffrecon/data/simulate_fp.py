@@ -46,7 +46,8 @@ class FPSimulation:
                                    "(the file holds the nominal, centred grid)")
     led_rotation_deg: float = doc(0.0, "true rotation of the array about the axis, degrees")
     leds_per_image: int = doc(
-        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, similar NA together)")
+        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, one azimuth quadrant "
+        "per image, similar NA together)")
     photons_per_pixel: float = doc(1000.0, "bright-field counts per pixel of a clear sample")
     noise: Literal["poisson", "none"] = doc("poisson", "noise model")
     zernike_waves: dict[str, float] = doc({}, "true pupil aberrations {Z4 = 0.5, ...}, waves rms")
@@ -186,11 +187,16 @@ def _groups(nominal: torch.Tensor, config: FPSimulation, rng: np.random.Generato
     bright = led_array.is_brightfield(nominal, config.led_height_m,
                                       config.numerical_aperture).numpy()
     na = led_array.illumination_na(nominal, config.led_height_m).numpy()
+    # quadrant of the azimuth: LEDs facing each other (k_l and -k_l) never share an image,
+    # since a symmetric pair's summed intensity is the same for the object and its twin
+    # conj(o) in the spectrum band they cover (a real pupil), which leaves it ambiguous
+    quadrant = np.floor(np.mod(np.arctan2(nominal[:, 0].numpy(), nominal[:, 1].numpy()),
+                               2 * np.pi) / (np.pi / 2)).astype(np.int64) % 4
     rows = []
-    for kind in (bright, ~bright):
+    for kind, side in ((kind, q) for kind in (bright, ~bright) for q in range(4)):
         # LEDs of similar illumination NA (similar brightness) share an image, so that the
         # dim outer ones are not lost in the shot noise of brighter ones
-        members = rng.permutation(np.flatnonzero(kind))
+        members = rng.permutation(np.flatnonzero(kind & (quadrant == side)))
         members = members[np.argsort(na[members], kind="stable")]
         for start in range(0, len(members), k):
             chunk = members[start : start + k]

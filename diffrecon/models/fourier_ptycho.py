@@ -33,6 +33,7 @@ from diffrecon.data.container import DiffractionData
 from diffrecon.data.fpm import led_table
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, ParamSpec, models
+from diffrecon.models.fp_pupil import ZernikeFit
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics import led_array
 from diffrecon.physics.aberrations import aperture, polar_grid
@@ -62,6 +63,11 @@ class FourierPtychoConfig:
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
         "(the object restarts from the bright-field guess at each halving)")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
+    zernike_fit: bool = doc(
+        True, "fit the Zernike coefficients once per epoch by L-BFGS on the bright-field "
+        "images with the object held, low radial orders first (models/fp_pupil.py), instead "
+        "of per minibatch; params.aberrations (enabled, start, every) still schedules it")
+    zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit")
 
 
 @dataclasses.dataclass
@@ -168,8 +174,11 @@ class FourierPtycho(ForwardModel):
         leds = torch.as_tensor(table.positions_m)
         bright = led_array.is_brightfield(leds, data.distance_m, scope.numerical_aperture)
         images = [i for i, row in enumerate(table.groups) if bool(bright[row[0]])]
-        mean = np.mean(np.asarray(data.patterns[images or list(range(data.num_patterns))],
-                                  dtype=np.float64), axis=0)
+        images = images or list(range(data.num_patterns))
+        # per LED: a multiplexed image holds the sum of its lit LEDs' images
+        lit = np.maximum((np.asarray(table.groups)[images] >= 0).sum(1), 1)
+        mean = np.mean(np.asarray(data.patterns[images], dtype=np.float64)
+                       / lit[:, None, None], axis=0)
         counts = max(float(mean.mean()), 1e-12)
         (h, w), (big_h, big_w) = scope.frame, scope.grid
         # bright-field start: the upsampled (zero-padded spectrum) mean bright-field amplitude
@@ -230,7 +239,8 @@ class FourierPtycho(ForwardModel):
         return psi.reshape(*weights.shape, *psi.shape[-2:]) * weights[..., None, None]
 
     def callbacks(self) -> list[Any]:
-        return [LEDCalibration()] if self.config.calibrate_leds else []
+        return ([LEDCalibration()] if self.config.calibrate_leds else []) + (
+            [ZernikeFit()] if self.config.zernike_fit else [])
 
     @torch.no_grad()
     def image_losses(self, measured: Tensor, likelihood: Any, shift_px: Tensor,
