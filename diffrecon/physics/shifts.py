@@ -96,7 +96,7 @@ def insert_patches(
 
 
 def illumination_map(
-    probe_intensity: Tensor, corners: Tensor, object_shape: tuple[int, int]
+    probe_intensity: Tensor, corners: Tensor, object_shape: tuple[int, int], chunk: int = 32
 ) -> Tensor:
     """Summed probe intensity over all scan positions on the object grid (the overlap map).
 
@@ -104,9 +104,14 @@ def illumination_map(
         probe_intensity: (h, w) real, sum over modes of |P|^2.
         corners: (N, 2) integer probe-window corners in object pixels.
         object_shape: (H, W).
+        chunk: positions accumulated at a time: the insertion's index and value arrays are
+            (chunk, h, w), so memory stays bounded whatever the number of positions.
     """
-    patches = probe_intensity.expand(corners.shape[0], *probe_intensity.shape)
-    return insert_patches(patches, corners, object_shape)
+    total = probe_intensity.new_zeros(object_shape)
+    for part in corners.split(chunk):
+        total += insert_patches(probe_intensity.expand(part.shape[0], *probe_intensity.shape),
+                                part, object_shape)
+    return total
 
 
 def shifted_copies(field: Tensor, shifts_px: Tensor) -> Tensor:
