@@ -71,6 +71,7 @@ def evaluate(result, settings: BraggSimulation, truth: np.ndarray) -> dict:  # t
     # as the loop's own evaluator (no mask): correlating with the masked truth can lock onto
     # a wrong shift when the centred data leave a large phase ramp in the estimate
     obj = align(result.results["object"], truth, allow_twin=True)
+    (HERE / "out").mkdir(exist_ok=True)
     np.save(HERE / "out" / f"bench_bcdi_{settings.strain}_{settings.peak_strain:g}.npy",
             obj.numpy())
     amplitude = obj.abs()

@@ -24,7 +24,7 @@ from diffrecon.algorithms.projections import (
     support_projection,
 )
 from diffrecon.models.base import ForwardModel
-from diffrecon.physics.filters import gaussian_blur
+from diffrecon.physics.filters import erode, gaussian_blur
 
 Tensor = torch.Tensor
 
@@ -135,13 +135,19 @@ class DifferenceMap(Projection):
 class Shrinkwrap:
     """Loop callback: every ``every`` epochs, the support becomes the thresholded blurred
     modulus of the object (:func:`shrinkwrap`), with sigma decaying geometrically from
-    ``sigma_px[0]`` to ``sigma_px[1]``; frozen after ``stop`` of the epochs."""
+    ``sigma_px[0]`` to ``sigma_px[1]``; idle before ``start`` and frozen after ``stop`` of
+    the epochs. With ``border_px`` > 0 an update only removes pixels within ``border_px`` of
+    the support's edge and adds none (PyNX's ``support_update_border_n``): a half-converged
+    object whose modulus still dips inside (a strained crystal mixed with its twin) cannot
+    cut holes into its own support, and the support shrinks gradually from a loose start."""
 
     every: int
     threshold: float
     sigma_px: tuple[float, float]
     stop: float
     reference: Literal["max", "rms"] = "max"  # what the threshold is a fraction of
+    start: float = 0.0  # fraction of the epochs before the first update
+    border_px: int = 0  # 0: the new support replaces the old one unrestricted
 
     def sigma(self, update: int, updates: int) -> float:
         start, end = self.sigma_px
@@ -152,13 +158,16 @@ class Shrinkwrap:
 
     @torch.no_grad()
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, float]) -> None:
-        last = int(self.stop * run.config.epochs)
-        if not self.every or (epoch + 1) % self.every or epoch + 1 > last:
+        first, last = int(self.start * run.config.epochs), int(self.stop * run.config.epochs)
+        if not self.every or (epoch + 1) % self.every or not first < epoch + 1 <= last:
             return
         model = run.model
-        sigma = self.sigma((epoch + 1) // self.every - 1, last // self.every - 1)
+        sigma = self.sigma((epoch + 1 - first) // self.every - 1,
+                           (last - first) // self.every - 1)
         support = shrinkwrap(torch.where(model.support, model.object, 0.0), sigma,
                              self.threshold, self.reference)
+        if self.border_px:
+            support = model.support & (support | erode(model.support, self.border_px))
         if bool(support.any()):
             model.support.copy_(support)
         logs["support/pixels"] = float(model.support.sum())

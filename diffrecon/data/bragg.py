@@ -81,7 +81,8 @@ def read_geometry(data: DiffractionData, given: dict[str, float | str | None]) -
 
 def center_on_peak(data: DiffractionData, shape: tuple[int, int, int] | None = None
                    ) -> DiffractionData:
-    """Crop (or pad) the volume to ``shape`` with its brightest valid voxel at the centre.
+    """Crop (or pad) the volume to ``shape`` with its brightest valid voxel at the centre
+    (rolled circularly when ``shape`` is the volume's own).
 
     Args:
         data: a (D, H, W) intensity volume.
@@ -100,8 +101,18 @@ def center_on_peak(data: DiffractionData, shape: tuple[int, int, int] | None = N
     out_shape = tuple(volume.shape) if shape is None else tuple(int(n) for n in shape)
     peak = np.unravel_index(int(np.argmax(np.where(valid, volume, -1))), volume.shape)
     starts = [p - n // 2 for p, n in zip(peak, out_shape, strict=True)]
-    if out_shape == volume.shape and not any(starts):
-        return data
+    if out_shape == volume.shape:
+        if not any(starts):
+            return data
+        # same shape: a circular shift, exact for the periodic FFT model (it multiplies the
+        # object by a phase ramp) and lossless; padding would mask whole slabs (12 % of a
+        # 128^3 volume whose peak a 1e-3 strain moves by 7 voxels) and free their values
+        shift = tuple(-start for start in starts)
+        mask = None if data.valid is None else np.roll(valid, shift, (0, 1, 2))
+        metadata = dict(data.metadata, bragg_crop=f"peak {tuple(int(p) for p in peak)} -> "
+                        f"centre of {out_shape} (circular shift)")
+        return dataclasses.replace(data, patterns=np.roll(volume, shift, (0, 1, 2)),
+                                   valid=mask, metadata=metadata)
     out = np.zeros(out_shape, np.float32)
     out_valid = np.zeros(out_shape, bool)
     source, target = [], []

@@ -34,10 +34,18 @@ Tensor = torch.Tensor
 @dataclasses.dataclass
 class BraggConfig(CDIConfig):
     support_threshold: float = doc(
-        0.003, "initial support: autocorrelation threshold, fraction of its maximum (low: "
-        "the phase of a strained crystal weakens its autocorrelation away from the centre)")
+        0.001, "initial support: autocorrelation threshold, fraction of its maximum (low: "
+        "the phase of a strained crystal weakens its autocorrelation away from the centre; "
+        "at peak strain 1e-3, 0.003 left 9 % of the crystal outside, and HIO then fails)")
+    support_margin_px: float = doc(
+        2.0, "initial support: grown by about this many voxels (it must contain the crystal)")
     shrinkwrap_threshold: float = doc(
-        0.25, "shrinkwrap threshold, fraction of the blurred modulus' RMS over the support")
+        0.2, "shrinkwrap threshold, fraction of the blurred modulus' RMS over the support")
+    shrinkwrap_start: float = doc(
+        0.2, "first shrinkwrap update after this fraction of the epochs (HIO converges on "
+        "the loose initial support first)")
+    shrinkwrap_border_px: int = doc(
+        2, "a shrinkwrap update removes only voxels this close to the support edge (0: any)")
     shrinkwrap_reference: Literal["max", "rms"] = doc(
         "rms", "shrinkwrap threshold relative to the max or the RMS inside the support")
     shrinkwrap_sigma_px: tuple[float, float] = doc(
@@ -131,7 +139,7 @@ class Bragg(CDI):
         c = self.config
         return [Shrinkwrap(c.shrinkwrap_every, c.shrinkwrap_threshold,
                            tuple(c.shrinkwrap_sigma_px), c.shrinkwrap_stop,
-                           c.shrinkwrap_reference)]
+                           c.shrinkwrap_reference, c.shrinkwrap_start, c.shrinkwrap_border_px)]
 
     def results(self) -> dict[str, Any]:
         out = super().results()

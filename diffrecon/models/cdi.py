@@ -76,8 +76,15 @@ class CDIConfig:
 
 def initial_support(intensity: Tensor, valid: Tensor, threshold: float, margin_px: float = 2.0
                     ) -> Tensor:
-    """Autocorrelation support, high-passed at the beamstop size, grown by ``margin_px``."""
-    masked = int((~valid).sum()) / (valid.shape[0] if valid.dim() == 3 else 1)
+    """Autocorrelation support, high-passed at the beamstop size, grown by ``margin_px``.
+
+    The beamstop size is the square root of the masked area of the central half of the array
+    (per frame in 3D): masked borders (detector edges, the padding of a re-centred Bragg
+    volume) are no missing centre, and counting them high-passed the pattern away.
+    """
+    centre = tuple(slice(n // 4, n - n // 4) for n in valid.shape)
+    masked = int((~valid[centre]).sum()) / (
+        valid[centre].shape[0] if valid.dim() == 3 else 1)
     support = autocorrelation_support(intensity, threshold, 2.0, math.sqrt(masked))
     return gaussian_blur(support.float(), margin_px, support.dim()) > 0.1
 

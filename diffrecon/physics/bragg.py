@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffrecon.physics.filters import erode
+
 Tensor = torch.Tensor
 AXES = {"x": np.array([0.0, 0.0, 1.0]), "y": np.array([0.0, 1.0, 0.0])}
 
@@ -263,17 +265,6 @@ def phase_vortices(obj: Tensor, mask: Tensor) -> Tensor:
         total = sum(torch.angle(corners[(k + 1) % 4] * corners[k].conj()) for k in range(4))
         out.append(torch.where(inside, torch.round(total / (2 * math.pi)), 0).long())
     return torch.stack(out)
-
-
-def erode(mask: Tensor, voxels: int) -> Tensor:
-    """``mask`` (D, H, W) bool shrunk by ``voxels`` (6-connected steps)."""
-    out = mask.clone()
-    for _ in range(voxels):
-        shrunk = out.clone()
-        for axis in range(3):
-            shrunk &= torch.roll(out, 1, axis) & torch.roll(out, -1, axis)
-        out = shrunk
-    return out
 
 
 def phase_gradient(obj: Tensor, voxel_m: float) -> Tensor:

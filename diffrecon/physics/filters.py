@@ -91,6 +91,17 @@ def fill_holes(mask: Tensor) -> Tensor:
         reach = grown
 
 
+def erode(mask: Tensor, voxels: int) -> Tensor:
+    """``mask`` (bool, 2D or 3D) shrunk by ``voxels`` (nearest-neighbour steps, periodic)."""
+    out = mask.clone()
+    for _ in range(voxels):
+        shrunk = out.clone()
+        for axis in range(mask.dim()):
+            shrunk &= torch.roll(out, 1, axis) & torch.roll(out, -1, axis)
+        out = shrunk
+    return out
+
+
 def autocorrelation_support(
     intensity: Tensor, threshold: float = 0.04, sigma_px: float = 1.0, highpass_px: float = 0.0
 ) -> Tensor:
