@@ -98,7 +98,7 @@ def main() -> None:
     data = diffrecon.simulate(SCENE)
     raw_mb = data.patterns.nbytes / 2**20
     n, frame = data.num_patterns, data.frame_shape[0]
-    batch = default_batch_size(n)
+    batch = default_batch_size(n, frame * frame)
     print(f"scene: {n} patterns of {frame}x{frame}, object {data.truth.object.shape[-2:]}, "
           f"raw data {raw_mb:.1f} MiB, batch {batch}", flush=True)
 

@@ -42,6 +42,7 @@ class PatternBatches:
         # A propagator over all the data's axes (3D CDI): the whole array is one measurement.
         self.volume = propagator.ndim == len(data.patterns.shape)
         frame = tuple(data.patterns.shape[-propagator.ndim :])
+        self.frame_shape: tuple[int, ...] = frame  # one measurement, detector pixels
         valid = np.broadcast_to(data.valid_mask(), frame).copy()
         self.valid = propagator.to_native(torch.as_tensor(valid)).to(self.device)
         self.patterns: Tensor | None = None

@@ -124,7 +124,7 @@ def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{data.patterns.nbytes / 2**20:.1f} MiB, object {data.truth.object.shape[-2:]}",
           flush=True)
     mask = evaluate.truth_mask(data)
-    floor = bench_ptycho.fft_floor(n, 1, frame, default_batch_size(n))
+    floor = bench_ptycho.fft_floor(n, 1, frame, default_batch_size(n, frame * frame))
     rows = [ptycho_ours(data, scan, mask, floor, args)]
     print(harness.format_table(rows[-1:]), flush=True)
     for name in args.peers:
@@ -162,7 +162,8 @@ def case_multislice(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, frame = data.num_patterns, data.frame_shape[0]
     config = result.model.config
     pairs = 2 * config.slices - 1
-    floor = pairs * bench_ptycho.fft_floor(n, config.probe_modes, frame, default_batch_size(n))
+    batch = default_batch_size(n, frame * frame)
+    floor = pairs * bench_ptycho.fft_floor(n, config.probe_modes, frame, batch)
     return [harness.summarize(
         "multislice", harness.OURS, seconds, done, [errors[i - 1] for i in done],
         fft_floor_s=floor, peak_mb=handoff.peak_mb() - base,
