@@ -9,10 +9,10 @@ NA up to ~0.42 on axis, Poisson noise at 1e4 bright-field counts per pixel). Cas
                 the truth, and the same for the upsampled bright-field start (NA 0.1 only);
                 target NRMSE <= 0.10, bars resolved at lambda / (NA_obj + NA_ill).
 ``aberrations`` ~1 wave rms of defocus + astigmatism + coma in the true pupil, Zernike
-                refinement (the default ``model.zernike_fit``: one L-BFGS fit per epoch on
-                the bright-field images, object held, Noll 4-6, then 4-8, then all):
-                NRMSE <= 0.10 and every coefficient within 0.1 wave (also run at 0.3 wave
-                rms, ``aberrations_0.3_wave``).
+                refinement (default ``params.aberrations.optimizer="callback"``: one
+                L-BFGS fit per epoch on the bright-field images, object held, Noll 4-6,
+                then 4-8, then all): NRMSE <= 0.10 and every coefficient within 0.1 wave
+                (also run at 0.3 wave rms, ``aberrations_0.3_wave``).
 ``calibration`` the array shifted 0.5 mm (0.3, -0.4 mm) and rotated 2 degrees:
                 recovered within 0.1 mm and 0.2 degrees.
 ``autograd``    the baseline with Adam (autograd) instead of ePIE, for comparison.

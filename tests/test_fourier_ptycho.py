@@ -20,10 +20,16 @@ from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.losses.metrics import nrmse
 from diffrecon.models.base import models
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
-from diffrecon.models.fp_pupil import brightfield_images, fit_aberrations, free_coefficients
+from diffrecon.models.fp_pupil import (
+    ZernikeFit,
+    brightfield_images,
+    fit_aberrations,
+    free_coefficients,
+)
 from diffrecon.physics import led_array
 from diffrecon.physics.fft import fft2c
 from diffrecon.physics.zernike import fit_zernike, noll_to_nm, zernike_basis, zernike_phase
+from diffrecon.recon.optim import ParameterPlan
 
 
 def small_settings(**changes: object) -> FPSimulation:
@@ -356,3 +362,23 @@ def test_multiplexed_groups_hold_no_facing_leds():
         assert float((directions @ directions.T).min()) >= -1e-9  # no pair beyond 90 degrees
     assert sorted(np.concatenate([row[row >= 0] for row in table.groups]).tolist()) == list(
         range(len(positions)))
+
+
+@pytest.mark.parametrize("optimizer", ["callback", "adam"])
+def test_zernike_coefficients_are_fitted_by_the_callback_or_stepped_per_minibatch(
+        small_fp, optimizer):
+    """The default plan gives the coefficients no per-minibatch optimiser (the ZernikeFit
+    callback fits them after each epoch from params.aberrations.start); with "adam" they are
+    stepped per minibatch and the callback stands aside. Either way they move from zero."""
+    result = diffrecon.reconstruct(small_fp, "fourier_ptycho", overrides=[
+        "recon.epochs=4", "params.aberrations.start=1", f"params.aberrations.optimizer={optimizer}",
+        "algorithm.name=gradient", "log.progress=false", "log.tensorboard=false",
+        "log.metrics=false"])
+    model = result.model
+    assert model.aberrations.detach().abs().sum() > 0
+    plan = ParameterPlan(model.named_fields(), {"aberrations": dataclasses.replace(
+        model.param_specs()["aberrations"], optimizer=optimizer)})
+    assert ("aberrations" in plan.optimizers) == (optimizer == "adam")
+    fit = ZernikeFit()
+    fit.on_start(type("Run", (), {"plan": plan})())
+    assert (fit.spec is not None) == (optimizer == "callback")

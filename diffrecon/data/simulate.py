@@ -96,6 +96,16 @@ class PtychoSimulation(Beamline):
     probe: ProbeSpec = dataclasses.field(default_factory=ProbeSpec)
 
 
+def beamstop_valid(shape: tuple[int, ...], side_px: int) -> np.ndarray:
+    """Detector mask of ``shape`` (DC at index n // 2), True where trusted: False in a central
+    square (cube) beamstop of ``side_px`` pixels per axis (0: no beamstop)."""
+    valid = np.ones(shape, dtype=bool)
+    if side_px:
+        valid[tuple(slice(n // 2 - side_px // 2, n // 2 - side_px // 2 + side_px)
+                    for n in shape)] = False
+    return valid
+
+
 def probe_diameter_px(probe: torch.Tensor, fraction: float = 0.9) -> float:
     """Diameter (pixels) of the disc holding ``fraction`` of the probe's intensity."""
     intensity = probe.abs().square().sum(0) if probe.dim() == 3 else probe.abs().square()
@@ -193,10 +203,7 @@ def simulate_ptycho(config: PtychoSimulation) -> DiffractionData:
     written = true_positions + rng.standard_normal(true_positions.shape) * (
         config.position_error_px * pixel / math.sqrt(2)
     )
-    valid = np.ones((n, n), dtype=bool)
-    if config.mask_beamstop_px:
-        half, b = n // 2, config.mask_beamstop_px
-        valid[half - b // 2 : half - b // 2 + b, half - b // 2 : half - b // 2 + b] = False
+    valid = beamstop_valid((n, n), config.mask_beamstop_px)
     geometry = DiffractionData(
         patterns=np.zeros((len(true_positions), n, n), np.float32), wavelength_m=wavelength,
         distance_m=config.distance_m, detector_pixel_size_m=(config.detector_pixel_m,) * 2,
@@ -333,11 +340,8 @@ def simulate_cdi(config: CDISimulation) -> DiffractionData:
     generator = torch.Generator().manual_seed(config.seed)
     patterns = simulate_patterns(model, noise, 1, generator=generator)
     patterns = patterns.reshape(-1, n, n)
-    valid = np.ones((n, n), dtype=bool)
-    if config.beamstop_px and config.dimensions == 2:
-        low = n // 2 - config.beamstop_px // 2
-        valid[low : low + config.beamstop_px, low : low + config.beamstop_px] = False
-        patterns[:, ~valid] = 0
+    valid = beamstop_valid((n, n), config.beamstop_px if config.dimensions == 2 else 0)
+    patterns[:, ~valid] = 0
     return DiffractionData(
         patterns=patterns, wavelength_m=wavelength, distance_m=config.distance_m,
         detector_pixel_size_m=(config.detector_pixel_m,) * 2,

@@ -32,7 +32,12 @@ import torch
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData, Truth
 from diffrecon.data.phantoms import blob_support
-from diffrecon.data.simulate import Beamline, CDISimulation, simulate_patterns
+from diffrecon.data.simulate import (
+    Beamline,
+    CDISimulation,
+    beamstop_valid,
+    simulate_patterns,
+)
 from diffrecon.learn.losses import likelihood_loss, mode_intensity, relative_error
 from diffrecon.learn.objects import ObjectGenerator, ObjectSpec
 from diffrecon.learn.samples import PatchSet, SampleConfig, SampleSource, sources
@@ -139,12 +144,8 @@ class CDISimulator(SampleSource):
         self.samples = samples
         self.generator = ObjectGenerator(objects)
         self.likelihood = None if geometry.noise == "none" else make_likelihood(geometry.noise)
-        n, d = geometry.array_px, geometry.dimensions
-        valid = torch.ones((n,) * d, dtype=torch.bool)
-        if geometry.beamstop_px and d == 2:
-            low = n // 2 - geometry.beamstop_px // 2
-            valid[low : low + geometry.beamstop_px, low : low + geometry.beamstop_px] = False
-        self.valid = valid
+        side = geometry.beamstop_px if geometry.dimensions == 2 else 0
+        self.valid = torch.as_tensor(beamstop_valid(self.frame, side))
 
     @property
     def frame(self) -> tuple[int, ...]:

@@ -32,7 +32,9 @@ class ParamSpec:
 
     enabled: bool = doc(True, "refine this parameter at all")
     lr: float = doc(1e-2, "step size (learning rate), in the parameter's units")
-    optimizer: Literal["adam", "sgd"] = doc("adam", "optimizer for this parameter")
+    optimizer: Literal["adam", "sgd", "callback"] = doc(
+        "adam", "optimizer for this parameter; callback: no per-minibatch step, a model's "
+        "loop callback fits it once per epoch (e.g. the Fourier-ptychography Zernike fit)")
     start: int = doc(0, "first epoch at which it is updated")
     stop: int | None = doc(None, "epoch at which updates stop (exclusive); none = never")
     every: int = doc(1, "update on every n-th epoch only")
@@ -52,7 +54,7 @@ class ParamOverride:
 
     enabled: bool | None = None
     lr: float | None = None
-    optimizer: Literal["adam", "sgd"] | None = None
+    optimizer: Literal["adam", "sgd", "callback"] | None = None
     start: int | None = None
     stop: int | None = None
     every: int | None = None

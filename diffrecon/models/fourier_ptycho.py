@@ -63,10 +63,6 @@ class FourierPtychoConfig:
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
         "(the object restarts from the bright-field guess at each halving)")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
-    zernike_fit: bool = doc(
-        True, "fit the Zernike coefficients once per epoch by L-BFGS on the bright-field "
-        "images with the object held, low radial orders first (models/fp_pupil.py), instead "
-        "of per minibatch; params.aberrations (enabled, start, every) still schedules it")
     zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit")
 
 
@@ -196,7 +192,8 @@ class FourierPtycho(ForwardModel):
         return {
             "object": ParamSpec(lr=0.05 * scale),
             "pupil": ParamSpec(enabled=False, lr=0.02 * self.amplitude, start=10),
-            "aberrations": ParamSpec(lr=0.01, start=2),
+            # fitted once per epoch by L-BFGS, object held (ZernikeFit); "adam": per minibatch
+            "aberrations": ParamSpec(lr=0.01, start=2, optimizer="callback"),
             "led_geometry": ParamSpec(enabled=False, lr=0.02, start=5),
             "illumination_angles": ParamSpec(enabled=False, lr=0.05, start=10),
             "led_intensity": ParamSpec(enabled=False, lr=0.01, start=10),
@@ -239,8 +236,7 @@ class FourierPtycho(ForwardModel):
         return psi.reshape(*weights.shape, *psi.shape[-2:]) * weights[..., None, None]
 
     def callbacks(self) -> list[Any]:
-        return ([LEDCalibration()] if self.config.calibrate_leds else []) + (
-            [ZernikeFit()] if self.config.zernike_fit else [])
+        return ([LEDCalibration()] if self.config.calibrate_leds else []) + [ZernikeFit()]
 
     @torch.no_grad()
     def image_losses(self, measured: Tensor, likelihood: Any, shift_px: Tensor,

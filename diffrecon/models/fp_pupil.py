@@ -80,16 +80,16 @@ def fit_aberrations(model: Any, index: Tensor, measured: Tensor, likelihood: Any
 
 class ZernikeFit:
     """Loop callback: ``fit_aberrations`` on the bright-field images after every epoch in
-    which the ``aberrations`` parameter spec is active (its start/every/stop apply); the
-    per-minibatch optimiser of the coefficients is taken out of the plan."""
+    which the ``aberrations`` parameter spec is active (its start/every/stop apply), when
+    that spec's optimizer is ``"callback"`` (the plan then gives it no per-minibatch step)."""
 
     def __init__(self) -> None:
         self.spec: Any = None
 
     def on_start(self, run: Any) -> None:
-        self.spec = run.plan.specs.get("aberrations")
-        if run.plan.optimizers.pop("aberrations", None) is None:
-            self.spec = None  # disabled: nothing to fit
+        spec = run.plan.specs.get("aberrations")
+        fitted_here = spec is not None and spec.enabled and spec.optimizer == "callback"
+        self.spec = spec if fitted_here else None
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, float]) -> None:
         if self.spec is None or not self.spec.active(epoch):

@@ -29,8 +29,8 @@ class ParameterPlan:
         self.specs = specs
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for name, spec in specs.items():
-            if not spec.enabled or name not in fields:
-                continue
+            if not spec.enabled or name not in fields or spec.optimizer == "callback":
+                continue  # frozen, or fitted by a model callback outside the minibatch loop
             kind = force_optimizer or spec.optimizer
             lr = spec.lr if force_lr is None else force_lr
             # foreach: multi-tensor kernels (fused=True does not take complex parameters)
