@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_ptycho import synchronizer
 
 import diffrecon
 from diffrecon.data.simulate import CDISimulation, cdi_scene, simulate_cdi
@@ -93,14 +94,18 @@ def case_3d() -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def fft_floor(shape: tuple[int, ...], repeats: int = 20) -> float:
-    field = torch.randn(shape, dtype=torch.complex64)
+def fft_floor(shape: tuple[int, ...], repeats: int = 20, device: str = "cpu") -> float:
+    """Seconds for one forward + inverse FFT of ``shape`` (median of ``repeats``)."""
+    field = torch.randn(shape, dtype=torch.complex64, device=device)
+    sync = synchronizer(device)
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first (plan, warm-up) is not counted
+        sync()
         start = time.perf_counter()
         torch.fft.ifftn(torch.fft.fftn(field, norm="ortho"), norm="ortho")
+        sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times[1:])
 
 
 def case_speed() -> dict:

@@ -3,6 +3,7 @@
     python experiments/bench/run.py                          # everything, DESIGN sizes
     python experiments/bench/run.py --cases ptycho --peers cdtools
     python experiments/bench/run.py --scene experiments/configs/ptycho_bench.toml  # smaller
+    python experiments/bench/run.py --device cuda --peers        # ours on a GPU, no peers
 
 Cases (each of ours runs in a fresh process, so its peak memory is its own):
 
@@ -61,6 +62,28 @@ from diffrecon.recon.reconstructor import default_batch_size  # noqa: E402
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.report=false"]
 
 
+def on_gpu(args: argparse.Namespace) -> bool:
+    return torch.device(args.device).type == "cuda"
+
+
+def device_overrides(args: argparse.Namespace) -> list[str]:
+    """Our runs' device and the user's ``--set`` overrides."""
+    return [f'recon.device="{args.device}"', *args.set]
+
+
+def gpu_peak_mb(run: Any) -> float:
+    """Peak GPU memory allocated while ``run()`` runs, MiB."""
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def peak_mb(args: argparse.Namespace, base_mb: float) -> float:
+    """Peak memory of the case so far: the GPU's allocations, or host RSS above ``base_mb``."""
+    return torch.cuda.max_memory_allocated() / 2**20 if on_gpu(args) else (
+        handoff.peak_mb() - base_mb)
+
+
 def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
                 args: argparse.Namespace) -> dict[str, Any]:
     """diffrecon with default settings, scored by ``evaluate.object_nrmse`` every ``--every``
@@ -78,13 +101,19 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
     started = time.perf_counter()
     with mock.patch.object(diffrecon.api, "truth_evaluator", lambda *_: score):
         result = diffrecon.reconstruct(scan, "ptycho", overrides=[
-            f"recon.epochs={args.epochs}", f"log.metric_every={args.every}", *QUIET])
+            f"recon.epochs={args.epochs}", f"log.metric_every={args.every}", *QUIET,
+            *device_overrides(args)])
     wall = time.perf_counter() - started
     seconds = result.history["time/epoch_s"]
     errors = result.history["metric/nrmse"]
     done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
-    memory = bench_ptycho.reconstruction_memory_mb(scan, False)
-    lazy = bench_ptycho.reconstruction_memory_mb(scan, True)
+    if on_gpu(args):  # the GPU's own peak (data, object, batch intermediates), not host RSS
+        memory = torch.cuda.max_memory_allocated() / 2**20
+        lazy = gpu_peak_mb(lambda: diffrecon.reconstruct(scan, "ptycho", lazy=True, overrides=[
+            "recon.epochs=3", *QUIET, *device_overrides(args)]))
+    else:
+        memory = bench_ptycho.reconstruction_memory_mb(scan, False, *args.set)
+        lazy = bench_ptycho.reconstruction_memory_mb(scan, True, *args.set)
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
         setup_s=wall - sum(seconds) - spent[0], fft_floor_s=floor, peak_mb=memory,
@@ -124,10 +153,12 @@ def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{data.patterns.nbytes / 2**20:.1f} MiB, object {data.truth.object.shape[-2:]}",
           flush=True)
     mask = evaluate.truth_mask(data)
-    floor = bench_ptycho.fft_floor(n, 1, frame, default_batch_size(n, frame * frame))
+    batch = next((int(v.split("=", 1)[1]) for v in args.set
+                  if v.startswith("recon.batch_size=")), 0) or default_batch_size(n, frame**2)
+    floor = bench_ptycho.fft_floor(n, 1, frame, batch, device=args.device)
     rows = [ptycho_ours(data, scan, mask, floor, args)]
     print(harness.format_table(rows[-1:]), flush=True)
-    for name in args.peers:
+    for name in [] if on_gpu(args) else args.peers:  # the peer workers run on the CPU
         rows.append(ptycho_peer(name, data, scan, mask, floor, args))
         print(harness.format_table(rows[-1:]), flush=True)
     return rows
@@ -138,15 +169,16 @@ def case_cdi(args: argparse.Namespace) -> list[dict[str, Any]]:
     data = simulate_cdi(settings)
     base = handoff.resident_mb()
     started = time.perf_counter()
-    result = bench_cdi.reconstruct(data, bench_cdi.HIO, f"log.metric_every={args.cdi_every}")
+    result = bench_cdi.reconstruct(data, bench_cdi.HIO, f"log.metric_every={args.cdi_every}",
+                                   *device_overrides(args))
     wall = time.perf_counter() - started
     seconds = result.history["time/epoch_s"]
     errors = result.history["metric/nrmse"]
     done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
-    floor = bench_cdi.fft_floor((settings.array_px,) * settings.dimensions)
+    floor = bench_cdi.fft_floor((settings.array_px,) * settings.dimensions, device=args.device)
     return [harness.summarize(
         "cdi", harness.OURS, seconds, done, [errors[i - 1] for i in done],
-        fft_floor_s=floor, peak_mb=handoff.peak_mb() - base,
+        fft_floor_s=floor, peak_mb=peak_mb(args, base),
         note=f"{bench_cdi.HIO}, 2D {settings.array_px}^2; wall {wall:.1f} s incl. metrics")]
 
 
@@ -155,7 +187,8 @@ def case_multislice(args: argparse.Namespace) -> list[dict[str, Any]]:
     base = handoff.resident_mb()
     quiet = [q for q in bench_electron.QUIET if not q.startswith("log.metrics")]
     result, _ = bench_electron.run(data, {}, ['model.object_kind="phase"', "recon.epochs=40",
-                                              f"log.metric_every={args.every}"], quiet)
+                                              f"log.metric_every={args.every}",
+                                              *device_overrides(args)], quiet)
     seconds = result.history["time/epoch_s"]
     errors = result.history["metric/nrmse"]
     done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
@@ -163,14 +196,21 @@ def case_multislice(args: argparse.Namespace) -> list[dict[str, Any]]:
     config = result.model.config
     pairs = 2 * config.slices - 1
     batch = default_batch_size(n, frame * frame)
-    floor = pairs * bench_ptycho.fft_floor(n, config.probe_modes, frame, batch)
+    floor = pairs * bench_ptycho.fft_floor(n, config.probe_modes, frame, batch,
+                                           device=args.device)
     return [harness.summarize(
         "multislice", harness.OURS, seconds, done, [errors[i - 1] for i in done],
-        fft_floor_s=floor, peak_mb=handoff.peak_mb() - base,
+        fft_floor_s=floor, peak_mb=peak_mb(args, base),
         note=f"MoS2 monolayer, {n}x{frame}^2, S={config.slices}, phase object")]
 
 
 CASES = {"ptycho": case_ptycho, "cdi": case_cdi, "multislice": case_multislice}
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def load_average() -> str:
@@ -185,7 +225,8 @@ def run_case_in_child(name: str, args: argparse.Namespace) -> list[dict[str, Any
                "--scene", str(args.scene), "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--peer-epochs", str(args.peer_epochs),
                "--every", str(args.every), "--cdi-every", str(args.cdi_every),
-               "--peer-budget", str(args.peer_budget),
+               "--peer-budget", str(args.peer_budget), "--device", args.device,
+               *[item for value in args.set for item in ("--set", value)],
                "--peers", *args.peers]
     done = subprocess.run(command)
     if done.returncode != 0 or not rows_file.exists():
@@ -201,6 +242,9 @@ def main() -> None:
     parser.add_argument("--scene", type=Path,
                         default=EXPERIMENTS / "configs" / "ptycho_design.toml")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of our runs, e.g. cuda (peers are then skipped: "
+                             "their workers run on the CPU); peak memory is then the GPU's")
     parser.add_argument("--epochs", type=int, default=60, help="diffrecon ptycho epochs")
     parser.add_argument("--peer-epochs", type=int, default=100)
     parser.add_argument("--every", type=int, default=5, help="epochs between scored snapshots")
@@ -208,6 +252,8 @@ def main() -> None:
                         help="CDI iterations between scored estimates")
     parser.add_argument("--peer-budget", type=float, default=600.0,
                         help="seconds of timed epochs after which a peer is stopped")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for our runs, e.g. recon.batch_size=64")
     parser.add_argument("--out", type=Path, default=EXPERIMENTS / "out" / "bench")
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,10 +268,12 @@ def main() -> None:
     rows = [row for name in args.cases for row in run_case_in_child(name, args)]
     ratios = harness.peer_ratios(rows)
     after = load_average()
-    report = {"threads": args.threads, "torch": torch.__version__, "cpus": os.cpu_count(),
+    report = {"threads": args.threads, "device": device_name(args.device),
+              "torch": torch.__version__, "cpus": os.cpu_count(),
               "load_average_before": before, "load_average_after": after,
               "wall_s": time.perf_counter() - started, "rows": rows, "ratios": ratios}
-    print(f"\nthreads {args.threads}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+    print(f"\n{device_name(args.device)}; threads {args.threads}, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs; "
           f"load average (1, 5, 15 min) before {before}, after {after}")
     print(harness.format_table(rows))
     print(harness.format_ratios(ratios))
