@@ -18,6 +18,8 @@ import torch
 
 import diffrecon
 from diffrecon.learn.train import train
+from diffrecon.models.base import models
+from diffrecon.runconfig import build_config
 
 DEVICE = os.environ.get("DIFFRECON_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(
@@ -49,21 +51,56 @@ def _reconstruct(data, modality: str, device: str, overrides: list[str]):  # noq
         f'recon.device="{device}"', *overrides, *QUIET])
 
 
+def _model_and_gradients(data, modality: str, device: str):  # noqa: ANN202
+    """A modality's model built from ``data`` on ``device``, its predicted intensities for
+    the first patterns and the gradients of a fixed weighting of them."""
+    model_cls = models.get(modality)
+    config = build_config(modality=modality).model
+    data = model_cls.prepare(data, config)
+    model = model_cls.from_data(data, config, generator=torch.Generator().manual_seed(0),
+                                device=device)
+    volume = model.propagator.ndim == len(data.patterns.shape)  # one 3D measurement
+    index = torch.arange(1 if volume else min(4, data.num_patterns), device=device)
+    predicted = model(index)
+    weights = torch.rand(predicted.shape, generator=torch.Generator().manual_seed(1))
+    (predicted * weights.to(device)).sum().backward()
+    gradients = {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
+    return predicted.detach().cpu(), gradients
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().norm() / b.abs().norm().clamp_min(1e-30))
+
+
 @pytest.mark.parametrize("modality", list(CASES))
-def test_gpu_reconstruction_equals_cpu(modality):
+def test_gpu_forward_and_gradients_equal_cpu(modality):
+    settings, _ = CASES[modality]
+    data = diffrecon.simulate(settings, modality=modality)
+    cpu, cpu_gradients = _model_and_gradients(data, modality, "cpu")
+    gpu, gpu_gradients = _model_and_gradients(data, modality, DEVICE)
+    assert _relative(gpu, cpu) < 1e-4
+    assert gpu_gradients.keys() == cpu_gradients.keys() and cpu_gradients
+    for name, gradient in cpu_gradients.items():
+        assert _relative(gpu_gradients[name], gradient) < 1e-3, name
+
+
+@pytest.mark.parametrize("modality", list(CASES))
+def test_gpu_reconstruction_matches_cpu(modality):
+    """The whole default recipe on the GPU: as good a fit as on the CPU. (Iterative phasing
+    such as HIO amplifies float32 rounding differences, so the runs are compared by how well
+    they fit, not value by value; the ptychography runs do agree value by value.)"""
     settings, overrides = CASES[modality]
     data = diffrecon.simulate(settings, modality=modality)
     cpu = _reconstruct(data, modality, "cpu", overrides)
     gpu = _reconstruct(data, modality, DEVICE, overrides)
-    # the same losses epoch by epoch (float32 sums in a different order: not bit-equal)
-    np.testing.assert_allclose(gpu.history["loss/total"], cpu.history["loss/total"],
-                               rtol=2e-3)
-    for name, value in cpu.results.items():
-        if isinstance(value, np.ndarray) and np.iscomplexobj(value) and value.size > 1:
-            other = gpu.results[name]
-            assert isinstance(other, np.ndarray), f"{name} came back as {type(other)}"
-            error = np.linalg.norm(other - value) / np.linalg.norm(value)
-            assert error < 2e-2, f"{modality} {name}: GPU differs from CPU by {error:.2e}"
+    cpu_loss, gpu_loss = cpu.history["loss/total"], gpu.history["loss/total"]
+    assert np.isfinite(gpu_loss).all() and len(gpu_loss) == len(cpu_loss)
+    np.testing.assert_allclose(gpu_loss[0], cpu_loss[0], rtol=1e-3)  # the same start
+    assert gpu_loss[-1] <= cpu_loss[-1] + 0.05 * abs(cpu_loss[-1])
+    if modality == "ptycho":
+        np.testing.assert_allclose(gpu_loss, cpu_loss, rtol=2e-3)
+        error = np.linalg.norm(gpu.results["object"] - cpu.results["object"])
+        assert error < 2e-2 * np.linalg.norm(cpu.results["object"])
 
 
 def test_cli_device_flag_and_lazy_pinned_batches(tmp_path):
