@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from diffrecon.data import cxi, scans
 from diffrecon.data.container import DiffractionData, Truth
 from diffrecon.data.phantoms import complex_phantom, smooth_noise
 from diffrecon.data.results import read_results
-from diffrecon.data.simulate import simulate_patterns
+from diffrecon.data.simulate import simulate_patterns, simulate_ptycho
 from diffrecon.errors import DataFormatError, DivergenceError
 from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
@@ -26,8 +27,10 @@ from diffrecon.physics import optics
 from diffrecon.physics.propagators import AngularSpectrum, SamplingWarning
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
+from diffrecon.recon.initialize import central_patterns
 from diffrecon.recon.reconstructor import Reconstructor
 from diffrecon.runconfig import RunConfig, build_config, load_config
+from tests.conftest import small_ptycho_settings
 
 QUIET = ["log.progress=false"]
 FOLDER_OFF = ["log.tensorboard=false", "log.report=false"]
@@ -77,6 +80,33 @@ def test_a_few_epochs_approach_the_truth(small_ptycho, algorithm):
     assert phase[-1] < 0.75 * phase[0]
     losses = result.history["loss/total"]
     assert losses[-1] < losses[0]
+
+
+def test_probe_trials_of_a_large_scan_use_its_central_patterns(monkeypatch):
+    """Probe-guess trials on a 300-position scan visit only the 128 positions nearest its
+    centre (a quarter of it, at least 128), every trial the same ones; the run proper visits all."""
+    settings = dataclasses.replace(small_ptycho_settings(), scan_points=300, frame_px=16,
+                                   noise="none")
+    data = simulate_ptycho(settings)
+    visited: dict[bool, list[set[int]]] = {True: [], False: []}
+    original = Reconstructor.run_epoch
+
+    def run_epoch(self: Reconstructor, epoch: int) -> dict[str, float]:
+        seen = {int(i) for group in self._epoch_batches(epoch) for i in group}
+        visited[main_run(self)].append(seen)
+        return original(self, epoch)
+
+    monkeypatch.setattr(Reconstructor, "run_epoch", run_epoch)
+    diffrecon.reconstruct(data, "ptycho", overrides=["recon.epochs=2", *QUIET])
+    trials, proper = visited[False], visited[True]
+    assert len(trials) == 7 * 8 and proper == [set(range(300))] * 2
+    assert all(seen == trials[0] for seen in trials) and len(trials[0]) == 128
+    positions = np.asarray(data.positions_m)
+    distance = np.linalg.norm(positions - positions.mean(0), axis=1)
+    inside = distance[sorted(trials[0])]
+    outside = np.delete(distance, sorted(trials[0]))
+    assert inside.max() <= outside.min() + 1e-12
+    assert central_patterns(SimpleNamespace(positions=torch.zeros(80, 2))) is None
 
 
 # --- resume ---------------------------------------------------------------------------------

@@ -97,9 +97,23 @@ class Reconstructor:
         self.epoch = 0  # next epoch to run
         self.recoveries = 0
         self._compact: list[Tensor] | None = None
+        self.patterns: Tensor | None = None  # all patterns, unless restricted
+
+    def restrict(self, patterns: Tensor) -> None:
+        """Run on the patterns ``patterns`` (K,) only, in random batches (short trials)."""
+        self.patterns = patterns
+        self.batch_size = self.config.batch_size or default_batch_size(
+            len(patterns), math.prod(self.batches.frame_shape))
+
+    def num_used(self) -> int:
+        """Patterns visited per epoch."""
+        return len(self.batches) if self.patterns is None else len(self.patterns)
 
     def _epoch_batches(self, epoch: int) -> list[Tensor]:
         n, seed = len(self.batches), self.config.seed
+        if self.patterns is not None:
+            batches = random_batches(len(self.patterns), self.batch_size, seed, epoch)
+            return [self.patterns[group] for group in batches]
         if self.config.sampler == "random":
             return random_batches(n, self.batch_size, seed, epoch)
         if self._compact is None:
@@ -135,7 +149,7 @@ class Reconstructor:
                 totals[name] += value
         with torch.no_grad():
             self.model.end_epoch(epoch)
-        n = len(self.batches)
+        n = self.num_used()
         logs = {f"loss/{name}": value / n for name, value in totals.items()}
         logs["loss/total"] = sum(totals.values()) / n
         return logs
