@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 
 from diffrecon.errors import DataFormatError
+
+#: bytes of float32 frames read, checked or converted at a time (``DiffractionData.blocks``)
+BLOCK_BYTES = 16 * 2**20
 
 
 class PatternStore(Protocol):
@@ -87,6 +91,15 @@ class DiffractionData:
 
         return xray_energy_ev(self.wavelength_m)
 
+    def blocks(self, budget_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, patterns[start : start + k])`` over the whole scan, k frames at a time
+        with k float32 frames about ``budget_bytes`` (at least one): every pass over the data
+        (checks, statistics, conversion, copies) reads lazy sources in these blocks, so its
+        transient memory is bounded whatever the frame size and the number of frames."""
+        step = max(1, budget_bytes // (4 * self.frame_shape[0] * self.frame_shape[1]))
+        for start in range(0, self.num_patterns, step):
+            yield start, np.asarray(self.patterns[start : start + step])
+
     def valid_mask(self) -> np.ndarray:
         """The detector mask, shape (H, W) bool (or (N, H, W) for a 3D volume's own mask),
         all True when the file has none."""
@@ -149,12 +162,11 @@ class DiffractionData:
             )
         self._check_counts()
 
-    def _check_counts(self, chunk: int = 256) -> None:
-        """Reject negative, NaN or Inf counts on valid pixels, reading lazily in chunks."""
-        for start in range(0, self.num_patterns, chunk):
-            block = np.asarray(self.patterns[start : start + chunk], dtype=np.float64)
-            valid = self.frames_valid(start, start + chunk)
-            good = np.where(valid, block, 0.0)
+    def _check_counts(self) -> None:
+        """Reject negative, NaN or Inf counts on valid pixels, reading lazily in blocks."""
+        for start, block in self.blocks():
+            valid = self.frames_valid(start, start + block.shape[0])
+            good = np.where(valid, block, 0)
             if not np.all(np.isfinite(good)):
                 bad = start + int(np.argwhere(~np.isfinite(good))[0, 0])
                 raise DataFormatError(

@@ -321,11 +321,11 @@ def _read_truth(handle: h5py.File, src: str, key: str) -> Truth | None:
     )
 
 
-def save(data: DiffractionData, path: str | os.PathLike[str], *, chunk: int = 256) -> None:
+def save(data: DiffractionData, path: str | os.PathLike[str]) -> None:
     """Write ``data`` as a CXI file (module docstring), atomically (temp file + rename).
 
-    Patterns are stored float32, one gzip chunk per frame, copied ``chunk`` frames at a time
-    so lazy data are never read whole.
+    Patterns are stored float32, one gzip chunk per frame, copied in ``data.blocks()`` so
+    lazy data are never read whole.
     """
     n, h, w = data.num_patterns, *data.frame_shape
     with atomic_hdf5(path) as handle:
@@ -337,8 +337,8 @@ def save(data: DiffractionData, path: str | os.PathLike[str], *, chunk: int = 25
         options = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
         options.update(chunks=(1, h, w), maxshape=(None, h, w))  # maxshape allows N = 0
         patterns = handle.create_dataset(DATA, (n, h, w), np.float32, **options)
-        for start in range(0, n, chunk):
-            patterns[start : start + chunk] = np.asarray(data.patterns[start : start + chunk])
+        for start, block in data.blocks():
+            patterns[start : start + block.shape[0]] = block
         if data.positions_m is not None:
             positions = np.asarray(data.positions_m, dtype=np.float64)
             translation = np.zeros((positions.shape[0], 3))
@@ -366,14 +366,13 @@ def save(data: DiffractionData, path: str | os.PathLike[str], *, chunk: int = 25
             truth.attrs["origin_m"] = np.asarray(data.truth.origin_m, dtype=np.float64)
 
 
-def _count_stats(data: DiffractionData, chunk: int = 256) -> tuple[float, float]:
+def _count_stats(data: DiffractionData) -> tuple[float, float]:
     """Mean total counts per pattern and maximum pixel count, over trusted pixels."""
     total, peak = 0.0, 0.0
-    for start in range(0, data.num_patterns, chunk):
-        block = np.asarray(data.patterns[start : start + chunk], dtype=np.float64)
-        block = block[data.frames_valid(start, start + chunk)]
+    for start, block in data.blocks():
+        block = block[data.frames_valid(start, start + block.shape[0])]
         if block.size:
-            total += float(np.nansum(block))
+            total += float(np.nansum(block, dtype=np.float64))
             peak = max(peak, float(np.nanmax(block)))
     return total / max(data.num_patterns, 1), peak
 

@@ -19,9 +19,9 @@ class PatternBatches:
     ``prepare`` (the likelihood's) transforms the counts once, e.g. to amplitudes; masked
     pixels holding NaN/Inf are zeroed (they never enter the likelihood).
 
-    In-memory data are converted chunk by chunk into one float32 tensor on ``device`` (no
-    second full copy); a lazy HDF5 source is read per batch, so memory stays bounded by the
-    batch size whatever the file size.
+    In-memory data are converted block by block (``DiffractionData.blocks``) into one
+    float32 tensor on ``device`` (no second full copy); a lazy HDF5 source is read per batch,
+    so memory stays bounded by the batch size whatever the file size.
     """
 
     def __init__(
@@ -31,7 +31,6 @@ class PatternBatches:
         device: torch.device | str = "cpu",
         *,
         lazy: bool | None = None,
-        chunk: int = 256,
         prepare: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.data = data
@@ -52,9 +51,9 @@ class PatternBatches:
         elif not self.lazy:
             n, (h, w) = data.num_patterns, data.frame_shape
             self.patterns = torch.empty((n, h, w), dtype=torch.float32, device=self.device)
-            for start in range(0, n, chunk):
-                block = torch.as_tensor(np.asarray(data.patterns[start : start + chunk]))
-                self.patterns[start : start + block.shape[0]] = self._convert(block)
+            for start, block in data.blocks():
+                converted = self._convert(torch.as_tensor(block))
+                self.patterns[start : start + block.shape[0]] = converted
 
     def _convert(self, block: Tensor) -> Tensor:
         native = self.propagator.to_native(block.to(self.device, torch.float32))

@@ -105,12 +105,12 @@ def file_probe(data: DiffractionData) -> Tensor | None:
     return guess.reshape(-1, *data.frame_shape)
 
 
-def mean_pattern(data: DiffractionData, chunk: int = 256) -> Tensor:
+def mean_pattern(data: DiffractionData) -> Tensor:
     """Mean counts over the scan (H, W), DC-centred, masked pixels filled to keep the total."""
     valid = torch.as_tensor(data.valid_mask())
     total = torch.zeros(data.frame_shape, dtype=torch.float64)
-    for start in range(0, data.num_patterns, chunk):
-        total += torch.as_tensor(np.asarray(data.patterns[start : start + chunk])).sum(0)
+    for _, block in data.blocks():
+        total += torch.as_tensor(block).sum(0)
     mean = torch.where(valid, total / data.num_patterns, 0.0)
     # masked pixels hold no counts: rescale so the probe carries the full mean intensity
     return mean * (total.sum() / data.num_patterns) / mean.sum().clamp(min=1e-30)
