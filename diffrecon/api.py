@@ -37,6 +37,7 @@ from diffrecon.recon import callbacks as cb
 from diffrecon.recon import distributed
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
+from diffrecon.recon.host_memory import reuse_freed_blocks
 from diffrecon.recon.initialize import select_initial_guess
 from diffrecon.recon.multistart import multistart
 from diffrecon.recon.objective import Objective
@@ -157,7 +158,8 @@ def reconstruct(
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
     data = model_cls.prepare(data, run_config.model)
-    with distributed.session(run_config.recon.distributed, run_config.recon.device) as comm:
+    with distributed.session(run_config.recon.distributed, run_config.recon.device) as comm, \
+            reuse_freed_blocks(run_config.recon.reuse_host_memory):
         if comm.world_size > 1 and run_config.recon.starts > 1:
             raise ConfigError("recon.starts > 1 does not run distributed (torchrun); "
                               "use recon.starts=1 or recon.distributed=off")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from types import SimpleNamespace
 
@@ -27,6 +28,7 @@ from diffrecon.physics import optics
 from diffrecon.physics.propagators import AngularSpectrum, SamplingWarning
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
+from diffrecon.recon.host_memory import reuse_freed_blocks
 from diffrecon.recon.initialize import central_patterns
 from diffrecon.recon.reconstructor import Reconstructor
 from diffrecon.runconfig import RunConfig, build_config, load_config
@@ -415,3 +417,33 @@ def test_accumulated_minibatches_equal_one_batch_of_their_union(small_ptycho):
     with pytest.raises(diffrecon.errors.ConfigError, match="accumulate_batches"):
         diffrecon.reconstruct(data, "ptycho", overrides=[
             "algorithm.name=epie", "algorithm.accumulate_batches=2", *settings])
+
+
+# --- host memory ----------------------------------------------------------------------------
+
+
+def _page_faults_of_large_allocations(count: int = 6, mib: int = 48) -> int:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        block = torch.ones(mib * 2**18)  # touched: every page faulted in when freshly mapped
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_freed_host_blocks_are_reused_during_a_run(small_ptycho, monkeypatch):
+    """Inside ``reuse_freed_blocks`` a freed 48 MiB block is reused instead of unmapped and
+    faulted in afresh (glibc maps allocations above 32 MiB anew each time); the results of a
+    reconstruction do not depend on it."""
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    outside = _page_faults_of_large_allocations()
+    with reuse_freed_blocks() as applied:
+        if not applied:
+            pytest.skip("not glibc: the allocator is left alone")
+        inside = _page_faults_of_large_allocations()
+    assert outside > 6 * 10_000 and inside < outside / 3  # 12288 pages per fresh block
+    runs = [diffrecon.reconstruct(small_ptycho, "ptycho", overrides=[
+        "recon.epochs=2", f"recon.reuse_host_memory={flag}", *QUIET]) for flag in ("true", "false")]
+    np.testing.assert_array_equal(runs[0].results["object"], runs[1].results["object"])

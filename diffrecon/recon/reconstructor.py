@@ -40,6 +40,9 @@ class ReconConfig:
     )
     starts: int = doc(1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor")
     average_best: int = doc(5, "with starts > 1: align and average this many of the best")
+    reuse_host_memory: bool = doc(
+        True, "keep freed host memory for reuse during the run (glibc; see recon.host_memory)"
+    )
     distributed: Literal["auto", "on", "off"] = doc(
         "auto", "data-parallel over processes: auto (when launched by torchrun), on, off"
     )
