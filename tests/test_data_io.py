@@ -8,11 +8,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
+import diffrecon
 from diffrecon.data import cxi
 from diffrecon.data.container import DiffractionData, Truth
+from diffrecon.data.dataset import PatternBatches, prefetched, read_frames
 from diffrecon.data.results import read_results, write_results
 from diffrecon.errors import DataFormatError
+from diffrecon.models.ptycho import Ptycho, PtychoConfig
 
 WAVELENGTH_M = 1.55e-10  # about 8 keV
 
@@ -310,3 +314,23 @@ def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
         write_results(path, {"object": np.ones(3), "bad": object()}, {})
     np.testing.assert_array_equal(read_results(path)[0]["object"], np.zeros(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reconstruction.h5"]
+
+
+def test_lazy_frames_read_in_any_order_and_prefetched(tmp_path, small_ptycho):
+    """Runs of consecutive frames, repeats and any order read the same as numpy indexing; the
+    prefetching iterator serves the same batches as direct calls, in order."""
+    path = tmp_path / "scan.cxi"
+    cxi.save(small_ptycho, path)
+    patterns = np.asarray(small_ptycho.patterns, dtype=np.float32)
+    index = np.array([7, 3, 4, 5, 60, 0, 5, 79, 8, 9])
+    with h5py.File(path) as handle:
+        frames = read_frames(handle["entry_1/data_1/data"], index)
+    np.testing.assert_array_equal(frames, patterns[index])
+    lazy = diffrecon.load(path, lazy=True)
+    model = Ptycho.from_data(lazy, PtychoConfig())
+    batches = PatternBatches(lazy, model.propagator, lazy=True)
+    groups = [torch.as_tensor(g) for g in ([5, 1, 2], [70, 71, 72, 0], [9])]
+    served = list(prefetched(batches, groups))
+    assert [i.tolist() for i, _ in served] == [g.tolist() for g in groups]
+    for (_, counts), group in zip(served, groups, strict=True):
+        torch.testing.assert_close(counts, batches(group))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,15 +68,44 @@ class PatternBatches:
     def __call__(self, index: Tensor) -> Tensor:
         if self.patterns is not None:
             return self.patterns[index.to(self.device)]
-        order = index.cpu().numpy()
-        sort = np.argsort(order)
-        block = np.asarray(self.data.patterns[np.sort(order)])
-        unsorted = np.empty_like(block)
-        unsorted[sort] = block
-        tensor = torch.from_numpy(unsorted)
+        tensor = torch.from_numpy(read_frames(self.data.patterns, index.cpu().numpy()))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return self._convert(tensor)
+
+
+def read_frames(source: Any, index: np.ndarray) -> np.ndarray:
+    """Frames ``source[index]`` (K, H, W) of a lazy source (an HDF5 dataset), in the order of
+    ``index`` (K,), read as runs of consecutive frames: h5py's indexing with a list is several
+    times slower (32 random 128x128 gzip frames: 38.9 ms as a list, 8.9 ms frame by frame)."""
+    order = np.argsort(index, kind="stable")
+    ordered = index[order]
+    out = np.empty((len(index), *source.shape[1:]), dtype=source.dtype)
+    starts = np.flatnonzero(np.diff(ordered) != 1) + 1
+    for run in np.split(np.arange(len(index)), starts):
+        first = int(ordered[run[0]])
+        out[order[run]] = source[first : first + len(run)]
+    return out
+
+
+def prefetched(batches: PatternBatches, groups: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(index, batches(index))`` for each index tensor of ``groups``, in order.
+
+    From a lazy source the next batch is read (and decompressed, converted) in a background
+    thread while the caller computes with the current one; in-memory data are indexed as
+    they are needed.
+    """
+    if not batches.lazy or not groups:
+        for index in groups:
+            yield index, batches(index)
+        return
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(batches, groups[0])
+        for position, index in enumerate(groups):
+            counts = pending.result()
+            if position + 1 < len(groups):
+                pending = reader.submit(batches, groups[position + 1])
+            yield index, counts
 
 
 def random_batches(num: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:

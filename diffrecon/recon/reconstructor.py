@@ -15,7 +15,12 @@ import torch
 
 from diffrecon.algorithms.base import Algorithm, Batch
 from diffrecon.config import doc
-from diffrecon.data.dataset import PatternBatches, compact_batches, random_batches
+from diffrecon.data.dataset import (
+    PatternBatches,
+    compact_batches,
+    prefetched,
+    random_batches,
+)
 from diffrecon.errors import DivergenceError
 from diffrecon.models.base import ForwardModel
 from diffrecon.recon.distributed import Communicator, SingleProcess
@@ -141,9 +146,9 @@ class Reconstructor:
         device = self.batches.device
         # no mask at all where every pixel is trusted: the likelihood then skips its selects
         valid = None if bool(self.batches.valid.all()) else self.batches.valid
-        for group in self._epoch_batches(epoch):
-            index = self.comm.shard(group)
-            batch = Batch(index.to(device), self.batches(index), valid, self.comm)
+        shards = [self.comm.shard(group) for group in self._epoch_batches(epoch)]
+        for index, counts in prefetched(self.batches, shards):
+            batch = Batch(index.to(device), counts, valid, self.comm)
             terms = self.algorithm.step(
                 self.model, batch, self.objective, self.plan, active, self.state
             )
