@@ -86,8 +86,11 @@ def multislice(probe: Tensor, transmissions: Tensor, kernels: Tensor) -> Tensor:
     """
     stack = transmissions if transmissions.dim() == 4 else transmissions[None]
     kernels = kernels if kernels.dim() == 3 else kernels[None]
-    psi = probe * stack[:, 0:1]
-    for s in range(1, stack.shape[1]):
-        kernel = kernels[min(s - 1, kernels.shape[0] - 1)]
-        psi = torch.fft.ifft2(torch.fft.fft2(psi) * kernel) * stack[:, s : s + 1]
+    # unbind, not stack[:, s]: the backward of S slicings would zero-fill S full-size stacks
+    slices = [t[:, None] for t in stack.unbind(1)]  # each (B, 1, H, W)
+    gaps = kernels.unbind(0)
+    psi = probe * slices[0]
+    for s in range(1, len(slices)):
+        kernel = gaps[min(s - 1, len(gaps) - 1)]
+        psi = torch.fft.ifft2(torch.fft.fft2(psi) * kernel) * slices[s]
     return psi

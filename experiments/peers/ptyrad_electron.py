@@ -8,11 +8,11 @@ The environment (outside git; ``bench_electron.py --ptyrad-python`` points at it
     python3.12 -m venv /work/venvs/ptyrad
     /work/venvs/ptyrad/bin/pip install ptyrad==1.0.0 torch==2.13.0 h5py pyyaml
 
-Python >= 3.12 is needed although PtyRAD 1.0.0 declares >= 3.10: its plotting/basic.py uses a
-Python 3.12 f-string (nested quotes), a SyntaxError on import under 3.11. PyPI's torch (a CUDA
-build that runs on the CPU) is needed too: PyPI's torchvision 0.28.0, which PtyRAD imports,
-links libtorch_cuda.so and fails to load against a ``+cpu`` torch ("operator torchvision::nms
-does not exist").
+PtyRAD 1.0.0 declares Python >= 3.10, but its plotting/basic.py uses a Python 3.12 f-string
+(nested quotes), and PyPI's torchvision 0.28.0, which it imports, is a CUDA build whose
+operators do not load against a ``+cpu`` torch ("operator torchvision::nms does not exist").
+This script applies the harness's two workarounds (``workers/ptyrad_worker.without_plotting``,
+``handoff.without_torchvision_ops``), so a Python 3.11 venv with the CPU wheel works too.
 
 Settings are those of PtyRAD 1.0.0's "standard" params template (its recommended starting
 point): Adam, batches of 32 random patterns, amplitude likelihood (``loss_single``,
@@ -99,6 +99,12 @@ def run(handoff_path: Path, result_path: Path, threads: int, probe_modes: int,
         iterations: int | None, workdir: Path) -> None:
     import logging
 
+    # the harness's workarounds, so a venv of Python 3.11 with the CPU torch wheel works too
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "workers"))
+    from ptyrad_worker import handoff, without_plotting
+
+    handoff.without_torchvision_ops()
+    without_plotting()
     import ptyrad
     import torch
     import yaml
