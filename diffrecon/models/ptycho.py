@@ -210,10 +210,18 @@ class Ptycho(ForwardModel):
         return model.to(device)
 
     def param_specs(self) -> dict[str, ParamSpec]:
+        """Adam steps: the object 0.02 per update (transmission ~1); the probe a fraction of
+        its peak amplitude, 0.005 in the far field, where the guess already has the measured
+        far-field modulus and a trial-chosen curvature, and 0.02 in the near field, where it
+        starts further off. On the 400 x 64^2 benchmark (1 thread) 0.005 instead of 0.02 gave
+        NRMSE 0.023 instead of 0.030 after 100 epochs and <= 0.1 after 15 instead of 20
+        epochs (420 x 128^2: 0.050 instead of 0.058 after 30); on the near-field set 0.005
+        gave 0.096 against 0.055."""
         probe_scale = float(self.probe.detach().abs().max())
+        probe_step = 0.005 if isinstance(self.propagator, FarField) else 0.02
         return {
             "object": ParamSpec(lr=0.02),
-            "probe": ParamSpec(lr=0.02 * probe_scale, start=1),
+            "probe": ParamSpec(lr=probe_step * probe_scale, start=1),
             "positions": ParamSpec(enabled=False, lr=1.0, optimizer="sgd", start=10),
             "flux": ParamSpec(enabled=False, lr=0.01, start=10),
             "background": ParamSpec(enabled=False, lr=0.1, start=10),
