@@ -17,8 +17,8 @@ NA up to ~0.42 on axis, Poisson noise at 1e4 bright-field counts per pixel). Cas
                 recovered within 0.1 mm and 0.2 degrees.
 ``autograd``    the baseline with Adam (autograd) instead of ePIE, for comparison.
 ``fpm_py``      the baseline scene with the PyPI package ``fpm-py`` (when installed).
-``multiplex``   4 LEDs per image, of one azimuth quadrant and similar NA (60 images instead
-                of 225): NRMSE within 1.5x of ``baseline``, after the same number of epochs
+``multiplex``   4 LEDs per image, of similar NA, spread apart, no facing pair (58 images
+                instead of 225): NRMSE within 1.5x of ``baseline``, after the same number of epochs
                 and after the same number of updates (4x epochs, 4x the FFT work).
 Seconds per epoch and the ratio to the FFT floor (the forward and adjoint FFTs of one epoch)
 are reported for the baseline. Results go to experiments/out/bench_fp.json.

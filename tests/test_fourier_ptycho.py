@@ -349,19 +349,27 @@ def test_zernike_fit_recovers_the_pupil_with_the_object_held():
 
 
 def test_multiplexed_groups_hold_no_facing_leds():
-    """Each multiplexed image lights LEDs of one azimuth quadrant, bright- and dark-field
-    apart (a facing pair k, -k would leave the twin of its band undetermined)."""
+    """Each multiplexed image lights bright- or dark-field LEDs only, never a facing pair
+    (k, -k would leave the twin of its band undetermined), and its LEDs lie farther apart
+    than neighbours in NA order would (spread groups: disjoint spectrum windows)."""
     data = simulate_fp(small_settings(leds_per_image=4))
     table = led_table(data)
     positions = torch.as_tensor(table.positions_m)
     bright = led_array.is_brightfield(positions, data.distance_m, 0.1)
+    pitch = 4e-3
+    closest = []
     for row in table.groups:
         leds = row[row >= 0]
         assert len(set(bright[leds].tolist())) == 1
-        directions = positions[leds] / positions[leds].norm(dim=1, keepdim=True).clamp(min=1e-12)
-        assert float((directions @ directions.T).min()) >= -1e-9  # no pair beyond 90 degrees
+        sums = (positions[leds][:, None] + positions[leds][None]).norm(dim=-1)
+        assert float((sums + torch.eye(len(leds)) * pitch).min()) >= pitch / 2  # no facing pair
+        if len(leds) > 1:
+            gaps = (positions[leds][:, None] - positions[leds][None]).norm(dim=-1)
+            closest.append(float(gaps[gaps > 0].min()))
+    assert np.median(closest) >= 2 * pitch - 1e-9
     assert sorted(np.concatenate([row[row >= 0] for row in table.groups]).tolist()) == list(
         range(len(positions)))
+    assert len(table.groups) <= len(positions) // 4 + 4  # about 4x fewer images
 
 
 @pytest.mark.parametrize("optimizer", ["callback", "adam"])
