@@ -11,7 +11,8 @@ NA up to ~0.42 on axis, Poisson noise at 1e4 bright-field counts per pixel). Cas
 ``aberrations`` ~1 wave rms of defocus + astigmatism + coma in the true pupil, Zernike
                 refinement (default ``params.aberrations.optimizer="callback"``: one
                 L-BFGS fit per epoch on the bright-field images, object held, Noll 4-6,
-                then 4-8, then all): NRMSE <= 0.10 and every coefficient within 0.1 wave
+                then 4-8, then all, then basin hopping with object restarts, see
+                models/fp_pupil.py): NRMSE <= 0.10 and every coefficient within 0.1 wave
                 (also run at 0.3 wave rms, ``aberrations_0.3_wave``).
 ``calibration`` the array shifted 0.5 mm (0.3, -0.4 mm) and rotated 2 degrees:
                 recovered within 0.1 mm and 0.2 degrees.

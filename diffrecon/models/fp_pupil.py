@@ -20,10 +20,14 @@ once every order is free, each epoch also runs one round of basin hopping
 (``hop_aberrations``: one coefficient moved by +-``zernike_hop_waves``, all refitted, kept
 if the loss falls by 1%); with the true object held one round goes from that trap to the
 truth (for steps of 0.08 to 0.35 wave). The estimated object, however, has absorbed the
-error of the pupil it grew under and holds the pupil near it. So if a hop was kept (the
-pupil changed basin), the object restarts from the bright-field guess ``RESTART_AT`` epochs
-after the first fit, and hopping goes on with it; it stops at the first round that keeps
-nothing when no hop was ever kept, or 8 epochs after the restart.
+error of the pupil it grew under and holds the pupil near it. So at each of ``RESTARTS``
+(epochs after the first fit), if a hop was kept since the last one (the pupil changed
+basin), the object restarts from the bright-field guess, and hopping goes on with it; it
+stops at the first round that keeps nothing when none was ever kept, or 8 epochs after the
+last restart. Measured on bench_fp.py's 1-wave case over 5 simulation seeds (40 epochs):
+NRMSE 0.024/0.032/0.213/0.122/0.229 against 0.112/0.130/0.235/0.122/0.349 without hopping;
+both targets (NRMSE <= 0.1, Zernike within 0.1 wave) met on seeds 0 and 1 only, so the
+outcome still depends on the path (the restart epochs change which seeds succeed).
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ Tensor = torch.Tensor
 
 #: epochs after the first fit at which radial orders <= 2, <= 3 and all become free
 ORDER_STEPS = (0, 4, 10)
-#: epochs after the first fit at which the object restarts if the hops moved the pupil
-RESTART_AT = ORDER_STEPS[2] + 12
+#: epochs after the first fit at which the object restarts if a hop was kept since the last
+RESTARTS = (ORDER_STEPS[2] + 2, ORDER_STEPS[2] + 14)
 
 
 def free_coefficients(noll: list[int], epochs_fitted: int) -> Tensor:
@@ -129,13 +133,13 @@ class ZernikeFit:
 
     def __init__(self) -> None:
         self.spec: Any = None
-        self.hopping, self.jumped, self.restarted = True, False, False
+        self.hopping, self.jumped, self.ever, self.restarts = True, False, False, 0
 
     def on_start(self, run: Any) -> None:
         spec = run.plan.specs.get("aberrations")
         fitted_here = spec is not None and spec.enabled and spec.optimizer == "callback"
         self.spec = spec if fitted_here else None
-        self.hopping, self.jumped, self.restarted = True, False, False
+        self.hopping, self.jumped, self.ever, self.restarts = True, False, False, 0
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, float]) -> None:
         if self.spec is None or not self.spec.active(epoch):
@@ -147,10 +151,11 @@ class ZernikeFit:
         done = epoch - self.spec.start
         free = free_coefficients(model.noll, done)
         measured = run.batches(index)
-        if done >= RESTART_AT and self.jumped and not self.restarted:
-            with torch.no_grad():  # the object holds the old pupil's error: grow it anew
-                model.object.copy_(model.initial_spectrum)
-            self.restarted = True
+        if self.restarts < len(RESTARTS) and done >= RESTARTS[self.restarts]:
+            if self.jumped:
+                with torch.no_grad():  # the object holds the old pupil's error: grow it anew
+                    model.object.copy_(model.initial_spectrum)
+            self.restarts, self.jumped = self.restarts + 1, False
         fit_aberrations(model, index, measured, run.objective.likelihood, free,
                         model.config.zernike_fit_iterations)
         step = model.config.zernike_hop_waves
@@ -162,8 +167,9 @@ class ZernikeFit:
         """A round of ``hop_aberrations``, then the object restart or the end of hopping."""
         kept = hop_aberrations(model, index, measured, likelihood, free, step,
                                model.config.zernike_fit_iterations)
-        self.jumped = self.jumped or kept
-        if not kept and (not self.jumped or (self.restarted and done >= RESTART_AT + 8)):
+        self.jumped, self.ever = self.jumped or kept, self.ever or kept
+        if not kept and (not self.ever or (self.restarts == len(RESTARTS)
+                                           and done >= RESTARTS[-1] + 8)):
             self.hopping = False  # settled: nothing left to try
 
     def on_end(self, run: Any) -> None:
