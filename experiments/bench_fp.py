@@ -11,14 +11,15 @@ NA up to ~0.42 on axis, Poisson noise at 1e4 bright-field counts per pixel). Cas
 ``aberrations`` ~1 wave rms of defocus + astigmatism + coma in the true pupil, Zernike
                 refinement (default ``params.aberrations.optimizer="callback"``: one
                 L-BFGS fit per epoch on the bright-field images, object held, Noll 4-6,
-                then 4-8, then all): NRMSE <= 0.10 and every coefficient within 0.1 wave
+                then 4-8, then all, then basin hopping with object restarts, see
+                models/fp_pupil.py): NRMSE <= 0.10 and every coefficient within 0.1 wave
                 (also run at 0.3 wave rms, ``aberrations_0.3_wave``).
 ``calibration`` the array shifted 0.5 mm (0.3, -0.4 mm) and rotated 2 degrees:
                 recovered within 0.1 mm and 0.2 degrees.
 ``autograd``    the baseline with Adam (autograd) instead of ePIE, for comparison.
 ``fpm_py``      the baseline scene with the PyPI package ``fpm-py`` (when installed).
-``multiplex``   4 LEDs per image, of one azimuth quadrant and similar NA (60 images instead
-                of 225): NRMSE within 1.5x of ``baseline``, after the same number of epochs
+``multiplex``   4 LEDs per image, of similar NA, spread apart, no facing pair (58 images
+                instead of 225): NRMSE within 1.5x of ``baseline``, after the same number of epochs
                 and after the same number of updates (4x epochs, 4x the FFT work).
 Seconds per epoch and the ratio to the FFT floor (the forward and adjoint FFTs of one epoch)
 are reported for the baseline. Results go to experiments/out/bench_fp.json.

@@ -46,8 +46,8 @@ class FPSimulation:
                                    "(the file holds the nominal, centred grid)")
     led_rotation_deg: float = doc(0.0, "true rotation of the array about the axis, degrees")
     leds_per_image: int = doc(
-        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, one azimuth quadrant "
-        "per image, similar NA together)")
+        1, "LEDs lit per image (multiplexed: bright- and dark-field apart, similar NA together, "
+        "spread apart, never a facing pair)")
     photons_per_pixel: float = doc(1000.0, "bright-field counts per pixel of a clear sample")
     noise: Literal["poisson", "none"] = doc("poisson", "noise model")
     zernike_waves: dict[str, float] = doc({}, "true pupil aberrations {Z4 = 0.5, ...}, waves rms")
@@ -180,28 +180,54 @@ def _smooth_phase(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
 
 def _groups(nominal: torch.Tensor, config: FPSimulation, rng: np.random.Generator
             ) -> np.ndarray:
-    """LED indices (N, K) per image; -1 pads the last group of each kind."""
+    """LED indices (N, K) per image; -1 pads groups left short.
+
+    Bright- and dark-field LEDs never share an image, and each run of K*K LEDs of similar
+    illumination NA (similar brightness, so that the dim outer ones are not lost in the shot
+    noise of brighter ones) is split into K images by ``spread_groups``.
+    """
     k = config.leds_per_image
     if k == 1:
         return np.arange(len(nominal))[:, None]
     bright = led_array.is_brightfield(nominal, config.led_height_m,
                                       config.numerical_aperture).numpy()
     na = led_array.illumination_na(nominal, config.led_height_m).numpy()
-    # quadrant of the azimuth: LEDs facing each other (k_l and -k_l) never share an image,
-    # since a symmetric pair's summed intensity is the same for the object and its twin
-    # conj(o) in the spectrum band they cover (a real pupil), which leaves it ambiguous
-    quadrant = np.floor(np.mod(np.arctan2(nominal[:, 0].numpy(), nominal[:, 1].numpy()),
-                               2 * np.pi) / (np.pi / 2)).astype(np.int64) % 4
-    rows = []
-    for kind, side in ((kind, q) for kind in (bright, ~bright) for q in range(4)):
-        # LEDs of similar illumination NA (similar brightness) share an image, so that the
-        # dim outer ones are not lost in the shot noise of brighter ones
-        members = rng.permutation(np.flatnonzero(kind & (quadrant == side)))
+    xy = nominal.numpy()
+    rows: list[list[int]] = []
+    for kind in (bright, ~bright):
+        members = rng.permutation(np.flatnonzero(kind))
         members = members[np.argsort(na[members], kind="stable")]
-        for start in range(0, len(members), k):
-            chunk = members[start : start + k]
-            rows.append(np.concatenate([chunk, -np.ones(k - len(chunk), np.int64)]))
-    return np.stack(rows)
+        for start in range(0, len(members), k * k):
+            rows += spread_groups(xy, members[start : start + k * k], k)
+    return np.stack([np.concatenate([row, -np.ones(k - len(row), np.int64)]) for row in rows])
+
+
+def spread_groups(xy: np.ndarray, leds: np.ndarray, k: int) -> list[list[int]]:
+    """Split ``leds`` (indices into the LED positions ``xy`` (L, 2)) into groups of <= k,
+    each LED joining the group whose nearest member is farthest from it.
+
+    Far-apart LEDs light disjoint spectrum windows, which one image then separates best (LEDs
+    of one image with overlapping windows also cut the ePIE step, normalised by their summed
+    pupil intensity); LEDs facing each other (k_l, -k_l, within half the LED spacing) never
+    share a group, since a symmetric pair's summed intensity is the same for the object and
+    its twin conj(o) in the band they cover (a real pupil), which leaves it ambiguous.
+    """
+    spacing = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    spacing = float(np.median(np.where(spacing > 0, spacing, np.inf).min(1)))
+    groups: list[list[int]] = [[] for _ in range(-(-len(leds) // k))]
+
+    def room(group: list[int], led: int) -> float:
+        if len(group) >= k or any(np.linalg.norm(xy[led] + xy[o]) < spacing / 2 for o in group):
+            return -np.inf
+        return min((float(np.linalg.norm(xy[led] - xy[o])) for o in group), default=np.inf)
+
+    for led in (int(i) for i in leds):
+        best = max(range(len(groups)), key=lambda g: room(groups[g], led))
+        if room(groups[best], led) == -np.inf:
+            groups.append([])
+            best = len(groups) - 1
+        groups[best].append(led)
+    return [group for group in groups if group]
 
 
 simulators.register("fourier_ptycho")(Simulator(FPSimulation, simulate_fp))
