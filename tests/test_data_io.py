@@ -330,7 +330,7 @@ def test_lazy_frames_read_in_any_order_and_prefetched(tmp_path, small_ptycho):
     model = Ptycho.from_data(lazy, PtychoConfig())
     batches = PatternBatches(lazy, model.propagator, lazy=True)
     groups = [torch.as_tensor(g) for g in ([5, 1, 2], [70, 71, 72, 0], [9])]
-    served = list(prefetched(batches, groups))
+    served = list(prefetched(batches, groups, background=True))
     assert [i.tolist() for i, _ in served] == [g.tolist() for g in groups]
     for (_, counts), group in zip(served, groups, strict=True):
         torch.testing.assert_close(counts, batches(group))

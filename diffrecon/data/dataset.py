@@ -88,24 +88,25 @@ def read_frames(source: Any, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def prefetched(batches: PatternBatches, groups: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(index, batches(index))`` for each index tensor of ``groups``, in order.
+def prefetched(read: Callable[[Tensor], Tensor], groups: list[Tensor],
+               background: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(group, read(group))`` for each index tensor of ``groups``, in order.
 
-    From a lazy source the next batch is read (and decompressed, converted) in a background
-    thread while the caller computes with the current one; in-memory data are indexed as
-    they are needed.
+    With ``background`` (a lazy source) the next group is read, decompressed and converted
+    in a background thread while the caller computes with the current one; otherwise each is
+    read when it is needed. ``read`` must not change state the caller relies on.
     """
-    if not batches.lazy or not groups:
-        for index in groups:
-            yield index, batches(index)
+    if not background or not groups:
+        for group in groups:
+            yield group, read(group)
         return
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(batches, groups[0])
-        for position, index in enumerate(groups):
+        pending = reader.submit(read, groups[0])
+        for position, group in enumerate(groups):
             counts = pending.result()
             if position + 1 < len(groups):
-                pending = reader.submit(batches, groups[position + 1])
-            yield index, counts
+                pending = reader.submit(read, groups[position + 1])
+            yield group, counts
 
 
 def random_batches(num: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:

@@ -46,6 +46,7 @@ class Communicator(Protocol):
 
     @property
     def is_main(self) -> bool: ...
+    def share(self, index: Tensor) -> Tensor: ...
     def shard(self, index: Tensor) -> Tensor: ...
     def reduce_grads(self, parameters: Iterable[nn.Parameter]) -> None: ...
     def reduce_scalars(self, values: dict[str, float]) -> dict[str, float]: ...
@@ -70,6 +71,9 @@ class SingleProcess:
     @property
     def is_main(self) -> bool:
         return True
+
+    def share(self, index: Tensor) -> Tensor:
+        return index
 
     def shard(self, index: Tensor) -> Tensor:
         return index
@@ -125,10 +129,16 @@ class ProcessGroup:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, index: Tensor) -> Tensor:
+    def share(self, index: Tensor) -> Tensor:
+        """The patterns this process computes of the minibatch ``index`` (no side effect):
+        its share, or the first pattern as a zero-weight stand-in when it has none."""
         share = shard_index(index, self.rank, self.world_size)
-        self.weight = 1.0 if share.numel() else 0.0
         return share if share.numel() else index[:1]
+
+    def shard(self, index: Tensor) -> Tensor:
+        """``share(index)``, making it the current minibatch (sets this process's weight)."""
+        self.weight = 1.0 if shard_index(index, self.rank, self.world_size).numel() else 0.0
+        return self.share(index)
 
     def _all_reduce(self, tensors: list[Tensor]) -> None:
         """Sum ``tensors`` (in place) over the ranks with one collective per dtype."""

@@ -146,8 +146,12 @@ class Reconstructor:
         device = self.batches.device
         # no mask at all where every pixel is trusted: the likelihood then skips its selects
         valid = None if bool(self.batches.valid.all()) else self.batches.valid
-        shards = [self.comm.shard(group) for group in self._epoch_batches(epoch)]
-        for index, counts in prefetched(self.batches, shards):
+        def read(group: Tensor) -> Tensor:
+            return self.batches(self.comm.share(group))
+
+        groups = self._epoch_batches(epoch)
+        for group, counts in prefetched(read, groups, background=self.batches.lazy):
+            index = self.comm.shard(group)  # this process's share, now the current minibatch
             batch = Batch(index.to(device), counts, valid, self.comm)
             terms = self.algorithm.step(
                 self.model, batch, self.objective, self.plan, active, self.state
