@@ -101,7 +101,7 @@ def test_probe_trials_of_a_large_scan_use_its_central_patterns(monkeypatch):
     monkeypatch.setattr(Reconstructor, "run_epoch", run_epoch)
     diffrecon.reconstruct(data, "ptycho", overrides=["recon.epochs=2", *QUIET])
     trials, proper = visited[False], visited[True]
-    assert len(trials) == 7 * 8 and proper == [set(range(300))] * 2
+    assert len(trials) == 7 * 2 + 3 * 8 and proper == [set(range(300))] * 2  # 3 finalists
     assert all(seen == trials[0] for seen in trials) and len(trials[0]) == 128
     positions = np.asarray(data.positions_m)
     distance = np.linalg.norm(positions - positions.mean(0), axis=1)
