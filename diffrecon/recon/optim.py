@@ -65,6 +65,11 @@ class ParameterPlan:
             for group in optimizer.param_groups:
                 group["lr"] *= factor
 
+    def restart_moments(self) -> None:
+        """Forget every optimiser's running state (Adam's moments); step sizes are kept."""
+        for optimizer in self.optimizers.values():
+            optimizer.state.clear()
+
     def state_dict(self) -> dict[str, Any]:
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -172,16 +171,20 @@ class Reconstructor:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "plan": copy.deepcopy(self.plan.state_dict()),
-            "state": {k: v.clone() for k, v in self.state.items()},
-        }
+        """What a NaN/Inf epoch rolls back to: the model's tensors and the algorithm's state,
+        copied to host memory (a GPU run keeps no second copy on the device). The optimisers'
+        moments are not kept (a rollback restarts them, with halved steps): Adam holds two
+        object-sized moments per parameter, so keeping them tripled the snapshot."""
+        def host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+        return {"model": host(self.model.state_dict()), "state": host(self.state)}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self.model.load_state_dict(snapshot["model"])
-        self.plan.load_state_dict(copy.deepcopy(snapshot["plan"]))
-        self.state = {k: v.clone() for k, v in snapshot["state"].items()}
+        self.plan.restart_moments()
+        device = self.batches.device
+        self.state = {k: v.to(device, copy=True) for k, v in snapshot["state"].items()}
 
     def run(self) -> dict[str, list[float]]:
         """Run from ``self.epoch`` to ``config.epochs``; returns the history."""
