@@ -58,7 +58,9 @@ class PatternBatches:
                 self.patterns[start : start + block.shape[0]] = converted
 
     def _convert(self, block: Tensor) -> Tensor:
-        native = self.propagator.to_native(block.to(self.device, torch.float32))
+        # from pinned memory the copy to a GPU is asynchronous (ordered on the same stream)
+        moved = block.to(self.device, non_blocking=block.is_pinned()).to(torch.float32)
+        native = self.propagator.to_native(moved)
         native = torch.nan_to_num_(native, nan=0.0, posinf=0.0, neginf=0.0)
         return native if self.prepare is None else self.prepare(native)
 
