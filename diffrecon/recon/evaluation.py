@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from diffrecon.data.container import Truth
-from diffrecon.losses.metrics import nrmse, phase_rmse, position_error
+from diffrecon.losses.metrics import align, nrmse, phase_rmse, position_error
 from diffrecon.models.base import ForwardModel
 
 
@@ -61,10 +61,14 @@ def truth_evaluator(
             mask = model.truth_mask()
             mask = None if mask is None else mask[region]
             est2, tru2 = model.comparable(est), model.comparable(tru)
-            out["nrmse"] = nrmse(est2, tru2, mask=mask, **model.alignment)
-            # without a mask, the phase counts where the true object is (it is noise elsewhere)
-            phase_mask = mask if mask is not None else np.abs(tru2) > 0
-            out["phase_rmse"] = phase_rmse(est2, tru2, mask=phase_mask, **model.alignment)
+            if mask is not None:  # one alignment serves both errors
+                aligned = align(est2, tru2, mask=mask, **model.alignment)
+                out["nrmse"] = nrmse(aligned, tru2, mask=mask, align_first=False)
+                out["phase_rmse"] = phase_rmse(aligned, tru2, mask=mask, align_first=False)
+            else:  # the phase then counts where the true object is (it is noise elsewhere)
+                out["nrmse"] = nrmse(est2, tru2, **model.alignment)
+                out["phase_rmse"] = phase_rmse(est2, tru2, mask=np.abs(tru2) > 0,
+                                               **model.alignment)
         if positions_known and "positions_m" in results:
             pixel = float(np.mean(results["pixel_size_m"]))
             error = position_error(np.asarray(results["positions_m"]), truth.positions_m)
