@@ -32,6 +32,8 @@ outcome still depends on the path (the restart epochs change which seeds succeed
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,14 +65,24 @@ def brightfield_images(model: Any) -> Tensor:
     return torch.nonzero(~dark.any(dim=1)).flatten().to(model.groups.device)
 
 
+@contextlib.contextmanager
+def trainable_only(model: Any, name: str) -> Iterator[None]:
+    """Within the block only parameter ``name`` requires grad (restored after)."""
+    previous = {key: p.requires_grad for key, p in model.named_parameters()}
+    for key, parameter in model.named_parameters():
+        parameter.requires_grad_(key == name)
+    try:
+        yield
+    finally:
+        for key, parameter in model.named_parameters():
+            parameter.requires_grad_(previous[key])
+
+
 def fit_aberrations(model: Any, index: Tensor, measured: Tensor, likelihood: Any,
                     free: Tensor, iterations: int, chunk: int = 64) -> float:
     """L-BFGS on ``model.aberrations`` (entries where ``free`` is 1), every other parameter
     held, minimising the summed negative log-likelihood of images ``index`` (N,) against
     ``measured`` (N, h, w) (prepared, native layout). Returns the final loss."""
-    previous = {name: p.requires_grad for name, p in model.named_parameters()}
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name == "aberrations")
     free = free.to(model.aberrations.device, model.aberrations.dtype)
     optimizer = torch.optim.LBFGS([model.aberrations], max_iter=iterations,
                                   line_search_fn="strong_wolfe")
@@ -85,14 +97,10 @@ def fit_aberrations(model: Any, index: Tensor, measured: Tensor, likelihood: Any
         model.aberrations.grad.mul_(free)
         return total
 
-    try:
-        with torch.enable_grad():  # loop callbacks may run under no_grad
-            optimizer.step(closure)
-            final = float(closure())
-    finally:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(previous[name])
-        model.aberrations.grad = None
+    with trainable_only(model, "aberrations"), torch.enable_grad():  # callbacks: no_grad
+        optimizer.step(closure)
+        final = float(closure())
+    model.aberrations.grad = None
     return final
 
 
@@ -140,6 +148,13 @@ class ZernikeFit:
         fitted_here = spec is not None and spec.enabled and spec.optimizer == "callback"
         self.spec = spec if fitted_here else None
         self.hopping, self.jumped, self.ever, self.restarts = True, False, False, 0
+        step = run.model.config.zernike_search_waves
+        index = brightfield_images(run.model) if self.spec is not None else []
+        if step > 0 and len(index) > 0:
+            from diffrecon.models.fp_search import search_aberrations  # it imports this module
+
+            search_aberrations(run.model, index, run.batches(index), run.objective.likelihood,
+                               step)
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, float]) -> None:
         if self.spec is None or not self.spec.active(epoch):
