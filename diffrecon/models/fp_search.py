@@ -10,8 +10,10 @@ coma (Noll 4-8, each at -s, 0, +s waves: 243 starts) is scored by the *profile* 
 the bright-field images: the object restarts from the bright-field guess and alternates
 full-batch rPIE steps (``object_steps``) with the L-BFGS Zernike fit, so each pupil is
 judged with an object grown under it, not under another pupil. The best few are refined
-longer and the lowest misfit is kept. With 1 wave rms (bench_fp.py), the truth scores ~40x
-lower than any other start's basin and refines to within 0.003 wave; the grid covers
+longer and the lowest misfit is kept. With 1 wave rms (bench_fp.py, seed 2), the start
+nearest the truth scores 2.6x lower than the next and refines to 0.002 wave at ~50x lower
+misfit than the other refined starts; with 8 instead of 20 object steps per alternation the
+scores were too unconverged to rank (seed 0 kept a start 0.16 wave off). The grid covers
 coefficients up to about 1.5 s in magnitude (each start's basin reaches ~0.25 wave). No
 truth is used: zero is one of the starts, so unaberrated data keep a zero start.
 """
