@@ -64,6 +64,10 @@ class FourierPtychoConfig:
         "(the object restarts from the bright-field guess at each halving)")
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
     zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit")
+    zernike_search_waves: float = doc(
+        0.5, "before the first epoch, the Zernike fit starts from the best of a grid over "
+        "Noll 4-8 at -s, 0, +s waves, each scored on the bright-field images with its own "
+        "object (0: start from zero; see diffrecon/models/fp_search.py)")
     zernike_hop_waves: float = doc(
         0.15, "basin-hopping step of the Zernike fit once every order is free, waves "
         "(0: no hopping; see diffrecon/models/fp_pupil.py)")
