@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -28,7 +30,6 @@ from diffrecon.physics import optics
 from diffrecon.physics.propagators import AngularSpectrum, SamplingWarning
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
-from diffrecon.recon.host_memory import reuse_freed_blocks
 from diffrecon.recon.initialize import central_patterns
 from diffrecon.recon.reconstructor import Reconstructor
 from diffrecon.runconfig import RunConfig, build_config, load_config
@@ -422,28 +423,36 @@ def test_accumulated_minibatches_equal_one_batch_of_their_union(small_ptycho):
 # --- host memory ----------------------------------------------------------------------------
 
 
-def _page_faults_of_large_allocations(count: int = 6, mib: int = 48) -> int:
-    import resource
+FAULTS_PROBE = """
+import resource, torch
+from diffrecon.recon.host_memory import reuse_freed_blocks
 
+def faults(count=6, mib=48):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(count):
         block = torch.ones(mib * 2**18)  # touched: every page faulted in when freshly mapped
         del block
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+outside = faults()
+with reuse_freed_blocks() as applied:
+    inside = faults()
+print(outside, inside, applied)
+"""
 
-def test_freed_host_blocks_are_reused_during_a_run(small_ptycho, monkeypatch):
+
+def test_freed_host_blocks_are_reused_during_a_run(small_ptycho):
     """Inside ``reuse_freed_blocks`` a freed 48 MiB block is reused instead of unmapped and
-    faulted in afresh (glibc maps allocations above 32 MiB anew each time); the results of a
+    faulted in afresh (glibc maps allocations above 32 MiB anew each time); measured in a
+    fresh process (a long-lived one's arenas depend on its history). The results of a
     reconstruction do not depend on it."""
-    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
-        monkeypatch.delenv(key)
-    outside = _page_faults_of_large_allocations()
-    with reuse_freed_blocks() as applied:
-        if not applied:
-            pytest.skip("not glibc: the allocator is left alone")
-        inside = _page_faults_of_large_allocations()
-    assert outside > 6 * 10_000 and inside < outside / 3  # 12288 pages per fresh block
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", FAULTS_PROBE], capture_output=True,
+                          text=True, env=env, check=True)
+    outside, inside, applied = done.stdout.split()
+    if applied != "True":
+        pytest.skip("not glibc: the allocator is left alone")
+    assert int(outside) > 6 * 10_000 and int(inside) < int(outside) / 3  # 12288 pages a block
     runs = [diffrecon.reconstruct(small_ptycho, "ptycho", overrides=[
         "recon.epochs=2", f"recon.reuse_host_memory={flag}", *QUIET]) for flag in ("true", "false")]
     np.testing.assert_array_equal(runs[0].results["object"], runs[1].results["object"])
