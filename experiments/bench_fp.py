@@ -34,6 +34,8 @@ import contextlib
 import dataclasses
 import io
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +45,16 @@ import torch
 import diffrecon
 from diffrecon import config as cfg
 from diffrecon.data.container import DiffractionData
+from diffrecon.data.fpm import led_table
 from diffrecon.data.simulate_fp import FPSimulation, bar_layout, bar_target, simulate_fp
 from diffrecon.losses.metrics import nrmse
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "bench"))
+import fp_handoff  # noqa: E402
+import peers  # noqa: E402
+
 OUT = HERE / "out"
 QUIET = {"log": {"progress": False, "tensorboard": False, "metric_every": 10}}
 ABERRATIONS = {"Z4": 0.6, "Z5": 0.4, "Z6": 0.3, "Z7": 0.45, "Z8": 0.4}
@@ -217,11 +224,59 @@ def fpm_py_case(epochs: int) -> dict[str, object]:
             "bar_modulation": bar_modulation(obj, data)}
 
 
+def ptylab_case(epochs: int, engine: str = "mqNewton", pupil_update: bool = True,
+                encoder: str = "yx") -> dict[str, object]:
+    """The baseline scene reconstructed by PtyLab 0.3.7 (PyPI ``ptylab``) in its own virtual
+    environment (``peers.PTYLAB``, installed on first use), with its FPM recipe
+    (workers/ptylab_fp.py), our nominal LEDs and our NA disc as the starting pupil. Its
+    object spectrum goes back onto our object grid by ``fp_handoff.object_from_spectrum``.
+    ``geometry_misfit``: PtyLab's own window positions and forward model on the true object
+    against our noise-free images, per encoder convention (0 = identical images); ``encoder``
+    writes the file under another convention (``fp_handoff.ENCODER_VARIANTS``)."""
+    reason = peers.ensure_venv(peers.PTYLAB)
+    if reason:
+        return {"failed": reason}
+    data = scene()
+    clean = scene(noise="none")
+    model = FourierPtycho.from_data(data, FourierPtychoConfig())
+    table = led_table(data)
+    with tempfile.TemporaryDirectory() as folder:
+        path, check, out = (Path(folder) / name for name in ("fpm.h5", "check.npz", "out.npz"))
+        fp_handoff.write_fpm_file(path, np.asarray(data.patterns),
+                                  fp_handoff.encoder_variant(
+                                      table.positions_m[table.groups[:, 0]], encoder),
+                                  data.wavelength_m,
+                                  data.detector_pixel_size_m[0], table.magnification,
+                                  data.distance_m, table.numerical_aperture)
+        np.savez(check, pupil=model.support.numpy(), truth=data.truth.object[0],
+                 clean=np.asarray(clean.patterns))
+        reason = peers.run_script(peers.PTYLAB, HERE / "bench" / "workers" / "ptylab_fp.py",
+                                  [path, check, out, epochs, 1, engine, int(pupil_update)],
+                                  out, threads=1, timeout_s=1800)
+        if reason:
+            return {"failed": reason}
+        runs = dict(np.load(out))
+    obj = fp_handoff.object_from_spectrum(runs["spectrum"], model.scope.grid)
+    seconds = float(np.median(runs["epoch_s"]))
+    floor = fft_floor_s(np.asarray(data.patterns).shape)
+    return {"engine": engine, "pupil_update": pupil_update, "encoder": encoder,
+            "epochs": epochs,
+            "object_grid_ptylab": int(runs["No"]), "object_grid_ours": list(model.scope.grid),
+            "nrmse": nrmse(obj, data.truth.object[0]),
+            "bar_modulation": bar_modulation(obj, data),
+            "seconds_per_epoch": seconds, "fft_floor_s": floor,
+            "ratio_to_fft_floor": seconds / floor,
+            "geometry_misfit": {name: float(runs[f"misfit_{name}"])
+                                for name in fp_handoff.ENCODER_VARIANTS},
+            "corners_match_ptylab": bool(runs["corners_match"]),
+            "error_first_last": [float(runs["error"][0]), float(runs["error"][-1])]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=["baseline", "aberrations",
                                                        "calibration", "autograd", "multiplex",
-                                                       "fpm_py"])
+                                                       "fpm_py", "ptylab"])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="*", default=[],
                         help="also run the 1-wave aberrations case for these simulation seeds")
@@ -249,6 +304,8 @@ def main() -> None:
     if "fpm_py" in args.cases:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints every iteration
             out["fpm_py"] = fpm_py_case(args.epochs)
+    if "ptylab" in args.cases:
+        out["ptylab"] = ptylab_case(args.epochs)
     out["total_seconds"] = time.perf_counter() - started
     OUT.mkdir(exist_ok=True)
     path = OUT / "bench_fp.json"

@@ -22,8 +22,9 @@ TORCH_PIN = "torch==2.13.0"
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
-    name: str  #: also the import name and the worker's prefix
+    name: str  #: the venv's name and the worker's prefix
     requirement: str  #: what pip installs from the registry
+    module: str = ""  #: the import name, when it is not ``name``
 
     @property
     def python(self) -> Path:
@@ -39,6 +40,8 @@ PEERS = {peer.name: peer for peer in (
     Peer("ptychi", "ptychi==2.2.0"),
     Peer("ptyrad", "ptyrad==1.0.0"),
 )}
+#: Fourier ptychography only (bench_fp.py, workers/ptylab_fp.py), not a ptychography peer
+PTYLAB = Peer("ptylab", "ptylab==0.3.7", module="PtyLab")
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -50,7 +53,8 @@ def ensure_venv(peer: Peer, timeout_s: float = 1800) -> str:
 
     Returns "" when ready, else the reason it is not (the pip or import error's last lines).
     """
-    check = [str(peer.python), "-c", f"import {peer.name}"]
+    module = peer.module or peer.name
+    check = [str(peer.python), "-c", f"import {module}"]
     if peer.python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return ""
     try:
@@ -65,7 +69,7 @@ def ensure_venv(peer: Peer, timeout_s: float = 1800) -> str:
         return f"pip install {peer.requirement} failed: {_tail(pip.stderr)}"
     imported = subprocess.run(check, capture_output=True, text=True)
     if imported.returncode != 0:
-        return f"import {peer.name} failed after install: {_tail(imported.stderr)}"
+        return f"import {module} failed after install: {_tail(imported.stderr)}"
     return ""
 
 
@@ -73,9 +77,17 @@ def run_worker(peer: Peer, scan: Path, out: Path, epochs: int, every: int, threa
                budget_s: float, timeout_s: float) -> str:
     """Run the peer's worker for at most ``epochs`` epochs or ``budget_s`` seconds of them;
     returns "" on success (``out`` written), else the reason."""
+    return run_script(peer, peer.worker, [scan, out, epochs, every, threads, budget_s], out,
+                      threads, timeout_s)
+
+
+def run_script(peer: Peer, script: Path, args: list[object], out: Path, threads: int,
+               timeout_s: float) -> str:
+    """Run ``script args...`` in the peer's environment with ``threads`` CPU threads, in
+    ``out``'s folder; its output goes to ``out`` with suffix ``.log``. Returns "" when it
+    exited 0 and wrote ``out``, else the reason."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [str(peer.python), str(peer.worker), str(scan), str(out), str(epochs),
-               str(every), str(threads), str(budget_s)]
+    command = [str(peer.python), str(script), *map(str, args)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                               env=env, cwd=out.parent)
