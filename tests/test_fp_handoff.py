@@ -79,7 +79,6 @@ def test_ptylab_windows_reproduce_our_images(small) -> None:
             centre = int(np.argmin(np.abs(leds).sum(1)))
             assert fp_handoff.geometry_misfit(images[[centre]],
                                               data.patterns[[centre]]) < 1e-5
-    print(misfits)
     assert misfits["yx"] < 0.1
     assert min(misfits["xy"], misfits["-xy"]) > 5 * misfits["yx"]
     assert misfits["-yx"] > misfits["yx"]  # the twin: only the phase tells them apart
