@@ -185,6 +185,30 @@ def test_lazy_equals_eager_and_fancy_indexing(cxi_file: Path) -> None:
     lazy.close()
 
 
+def test_lazy_blocks_convert_stored_counts_into_one_reused_buffer(cxi_file: Path) -> None:
+    """Integer counts stored in the file (uint16, as many detectors write) come out of
+    ``blocks`` as float32, equal to the eager copy, through one buffer for every block."""
+    eager = cxi.load(cxi_file).patterns
+    with h5py.File(cxi_file, "r+") as handle:
+        del handle[cxi.DATA]
+        handle.create_dataset(cxi.DATA, data=np.round(eager).astype(np.uint16),
+                              chunks=(1, *eager.shape[1:]), compression="gzip")
+    lazy = cxi.load(cxi_file, lazy=True)
+    frame_bytes = 4 * eager[0].size
+    blocks = [(start, block.copy(), block) for start, block in
+              lazy.blocks(budget_bytes=2 * frame_bytes)]  # 2 frames a block, a short last one
+    assert [start for start, _, _ in blocks] == list(range(0, len(eager), 2))
+    stacked = np.concatenate([copy for _, copy, _ in blocks])
+    assert stacked.dtype == np.float32
+    np.testing.assert_array_equal(stacked, np.round(eager))
+    assert all(np.shares_memory(block, blocks[0][2]) for _, _, block in blocks)
+    in_memory = cxi.load(cxi_file)  # an array source yields its own slices, no buffer
+    np.testing.assert_array_equal(
+        np.concatenate([b for _, b in in_memory.blocks(budget_bytes=frame_bytes)]),
+        np.round(eager))
+    lazy.patterns.close()  # type: ignore[attr-defined]
+
+
 def test_save_lazy_data_over_its_own_file(cxi_file: Path) -> None:
     lazy_data = cxi.load(cxi_file, lazy=True)
     cxi.save(lazy_data, cxi_file)

@@ -120,6 +120,11 @@ class LazyPatterns:
             block = self._dataset[unique]
         return block[inverse.reshape(rows.shape)]
 
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Read patterns ``start : start + len(out)`` into ``out`` (K, H, W) float32, converted
+        by HDF5 from the stored type, with no intermediate array."""
+        self._dataset.read_direct(out, np.s_[start : start + out.shape[0]])
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return np.asarray(self[:], dtype=dtype)
 
