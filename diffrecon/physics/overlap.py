@@ -2,9 +2,10 @@
 
     psi[b, m] = O[c_b : c_b + h, ...] * T_{f_b} P_m
 
-``overlap`` computes it with a hand-written backward (the adjoint of each factor, with
-physically conjugated copies), which on the CPU is several times faster than autograd's generic
-complex-multiply backward; ``overlap_autograd`` is the same forward through plain autograd and
+``overlap`` computes it with a hand-written backward (the adjoint of each factor), which on
+the CPU is several times faster than autograd's generic complex-multiply backward. The adjoints
+multiply by lazily conjugated views: ``a * b.conj()`` is one pass, ``a * b.conj_physical()``
+two (50 x 64^2 complex64, 1 thread: 118 against 212 us); ``overlap_autograd`` is the same forward through plain autograd and
 is used when the shifts themselves need gradients (position refinement).
 """
 
@@ -60,14 +61,14 @@ class _Overlap(torch.autograd.Function):
         patches, shifted, corners, ramps, shifted_spectrum = ctx.saved_tensors
         grad_obj = grad_probe = grad_shifts = None
         if ctx.needs_input_grad[0]:
-            weighted = (grad * shifted.conj_physical()).sum(1, keepdim=True)
+            weighted = (grad * shifted.conj()).sum(1, keepdim=True)
             grad_obj = insert_patches(weighted, corners, ctx.object_shape)
         if ctx.needs_input_grad[1]:
-            weighted = grad * patches.conj_physical()
+            weighted = grad * patches.conj()
             if ramps is None:
                 grad_probe = weighted.sum(0)
             else:  # adjoint of ifft2(fft2(P) r) is ifft2(conj(r) fft2(.))
-                spectrum = (torch.fft.fft2(weighted) * ramps.conj_physical()).sum(0)
+                spectrum = (torch.fft.fft2(weighted) * ramps.conj()).sum(0)
                 grad_probe = torch.fft.ifft2(spectrum)
         if ctx.needs_input_grad[4]:
             # d(T_s P)/ds_a = ifft2(fft2(P) r (-2 pi i k_a)); for a real s the vector-Jacobian
