@@ -358,3 +358,23 @@ def test_lazy_frames_read_in_any_order_and_prefetched(tmp_path, small_ptycho):
     assert [i.tolist() for i, _ in served] == [g.tolist() for g in groups]
     for (_, counts), group in zip(served, groups, strict=True):
         torch.testing.assert_close(counts, batches(group))
+
+
+def test_pattern_batches_leave_the_users_array_alone(small_ptycho) -> None:
+    """Non-finite counts on masked pixels are zeroed in the working copy only, also where
+    the layout needs no change (near field) and the likelihood keeps raw counts (Poisson)."""
+    import dataclasses
+
+    from diffrecon.physics.propagators import AngularSpectrum
+
+    patterns = np.array(small_ptycho.patterns, dtype=np.float32)
+    patterns[:, 0, 0] = np.nan
+    valid = np.ones(small_ptycho.frame_shape, dtype=bool)
+    valid[0, 0] = False
+    data = dataclasses.replace(small_ptycho, patterns=patterns, valid=valid)
+    near = AngularSpectrum(data.frame_shape, (1e-7, 1e-7), data.wavelength_m, 1e-3)
+    batches = PatternBatches(data, near, lazy=False)
+    assert np.isnan(patterns[:, 0, 0]).all()  # the user's data: untouched
+    served = batches(torch.arange(data.num_patterns))
+    assert bool((served[:, 0, 0] == 0).all())
+    np.testing.assert_array_equal(served[:, 1:].numpy(), patterns[:, 1:])

@@ -61,7 +61,9 @@ class PatternBatches:
         # from pinned memory the copy to a GPU is asynchronous (ordered on the same stream)
         moved = block.to(self.device, non_blocking=block.is_pinned()).to(torch.float32)
         native = self.propagator.to_native(moved)
-        native = torch.nan_to_num_(native, nan=0.0, posinf=0.0, neginf=0.0)
+        # not in place: without a layout change or a type cast ``native`` is the caller's
+        # block itself (a user's in-memory array, or the lazy reader's buffer)
+        native = torch.nan_to_num(native, nan=0.0, posinf=0.0, neginf=0.0)
         return native if self.prepare is None else self.prepare(native)
 
     def __len__(self) -> int:
