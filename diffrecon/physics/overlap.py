@@ -5,8 +5,9 @@
 ``overlap`` computes it with a hand-written backward (the adjoint of each factor), which on
 the CPU is several times faster than autograd's generic complex-multiply backward. The adjoints
 multiply by lazily conjugated views: ``a * b.conj()`` is one pass, ``a * b.conj_physical()``
-two (50 x 64^2 complex64, 1 thread: 118 against 212 us); ``overlap_autograd`` is the same forward through plain autograd and
-is used when the shifts themselves need gradients (position refinement).
+two (50 x 64^2 complex64, 1 thread: 118 against 212 us). ``overlap_autograd`` is the same
+forward through plain autograd, used when the shifts themselves need gradients (position
+refinement).
 """
 
 from __future__ import annotations

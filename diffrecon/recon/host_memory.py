@@ -15,8 +15,8 @@ of the data; on entry it returns the free memory that set-up left in the heap to
 (``malloc_trim``), on exit it restores glibc's defaults and trims again. On the 2000 x 256^2
 scan (500 MiB of patterns, in memory) this lowered the resident memory on entering the
 iterations from 815-860 to 675-735 MiB above the imported baseline, and the peak over 2 epochs
-from 1190-1245 to 1130-1175 MiB. It does nothing on other C libraries (macOS, Windows, musl) or when the user set any
-``MALLOC_*`` environment variable (their choice wins).
+from 1190-1245 to 1130-1175 MiB. It does nothing on other C libraries (macOS, Windows, musl)
+or when the user set any ``MALLOC_*`` environment variable (their choice wins).
 """
 
 from __future__ import annotations
