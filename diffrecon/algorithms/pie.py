@@ -35,6 +35,8 @@ class _PIE(GradientStep):
         }
 
     def step_size(self, intensity: Tensor, alpha: float) -> Tensor:
+        """The step per pixel of ``intensity`` (the partner's intensity on this field's grid):
+        a tensor that broadcasts against it (0-dim for a uniform step)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -58,7 +60,8 @@ class EPIE(_PIE):
     """Extended PIE: a step alpha / max|P|^2 along the amplitude-loss gradient."""
 
     def step_size(self, intensity: Tensor, alpha: float) -> Tensor:
-        return alpha / (2 * intensity.max().clamp(min=1e-30)) * torch.ones_like(intensity)
+        # one number (0-dim): an object-sized map of it cost a fill and a pass per update
+        return alpha / (2 * intensity.max().clamp(min=1e-30))
 
 
 @algorithms.register("rpie")
