@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from diffrecon.errors import DiffreconError
+from diffrecon.errors import ConfigError, DiffreconError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         "simulate", parents=[common], help="simulate a data set from a TOML description"
     )
     sim.add_argument("config", nargs="?", help="simulation TOML (default: built-in scene)")
+    sim.add_argument("--config", dest="config_option", default=None, metavar="CONFIG",
+                     help="the simulation TOML given as an option (as for reconstruct)")
     sim.add_argument("--modality", default="ptycho")
     sim.add_argument("--out", required=True, help="output .cxi file")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
@@ -125,9 +127,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "inspect":
         print(api.inspect(args.data, args.modality))
     elif args.command == "simulate":
-        data = api.simulate(
-            args.config, modality=args.modality, out=args.out, overrides=args.overrides
-        )
+        if args.config and args.config_option:
+            raise ConfigError(f"simulate: two simulation TOMLs given ({args.config} and "
+                              f"--config {args.config_option}); give one")
+        data = api.simulate(args.config or args.config_option, modality=args.modality,
+                            out=args.out, overrides=args.overrides)
         print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
     elif args.command == "train":
         run = api_train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)

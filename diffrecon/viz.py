@@ -257,6 +257,7 @@ def _led_panels(results: Mapping[str, Any]) -> list[Panel]:
 
     def bars(ax: Axes) -> None:
         ax.bar(noll, waves)
+        ax.set_xticks(noll)  # whole Noll indices, also when few coefficients are fitted
         ax.set_xlabel("Noll index", fontsize=8)
         ax.set_ylabel("waves rms", fontsize=8)
         ax.set_title("pupil Zernike coefficients", fontsize=9)
@@ -308,6 +309,16 @@ def _curve_panels(history: Mapping[str, Sequence[float]]) -> list[Panel]:
     return panels
 
 
+def _pupil_panels(pupil: np.ndarray) -> list[Panel]:
+    """The pupil (H, W) complex as amplitude and phase (rad, where the amplitude is above 5%
+    of its peak; outside it the phase means nothing and is dimmed)."""
+    amplitude = np.abs(pupil)
+    inside = amplitude > 0.05 * amplitude.max()
+    phase = np.where(inside, np.angle(pupil), 0.0)
+    return [lambda ax: _image(ax, amplitude, "pupil amplitude"),
+            lambda ax: _image(ax, phase, "pupil phase (rad)", "twilight", mask=inside)]
+
+
 def save_report(
     path: str | Path,
     results: Mapping[str, Any],
@@ -332,9 +343,9 @@ def save_report(
             ``positions_px`` (N, 2) (y, x) in object pixels (probe-window corners when ``probe``
             is present): scatter over the object amplitude, with ``positions_initial_px`` and
             displacement lines if present. ``support`` (H, W), ``pattern`` (H, W) counts
-            (shown as log10(1 + x)), ``pupil`` complex (H, W). Fourier ptychography (with
-            ``led_positions_m`` and ``zernike_noll``): a bar chart of ``pupil_zernike_waves``
-            and the calibrated vs ``led_positions_nominal_m`` LED positions.
+            (shown as log10(1 + x)), ``pupil`` complex (H, W) (amplitude and phase panels).
+            Fourier ptychography (with ``led_positions_m`` and ``zernike_noll``): a bar chart
+            of ``pupil_zernike_waves`` and the calibrated vs ``led_positions_nominal_m`` LEDs.
         history: per-epoch curves; ``loss`` (semilog-y) and any ``metric/<name>`` (NaN = epoch
             without a value).
         title: figure title.
@@ -358,8 +369,7 @@ def save_report(
         pattern = orthogonal_slices(pattern) if pattern.ndim == 3 else pattern
         panels.append(lambda ax: _image(ax, pattern, "pattern log10(1 + counts)", "magma"))
     if "pupil" in results:
-        pupil = complex_to_rgb(np.asarray(results["pupil"]))
-        panels.append(lambda ax: _image(ax, pupil, "pupil", colorbar=False))
+        panels += _pupil_panels(np.asarray(results["pupil"]))
     if "led_positions_m" in results and "zernike_noll" in results:
         panels += _led_panels(results)
     panels += _curve_panels(history)

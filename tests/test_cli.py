@@ -59,6 +59,18 @@ def test_simulate_writes_a_cxi_file(good_file, capsys):
     assert capsys.readouterr().out.strip() == "wrote again.cxi: 12 patterns of (32, 32)"
 
 
+def test_simulate_takes_its_toml_as_argument_or_option(capsys):
+    """``simulate scene.toml`` and ``simulate --config scene.toml`` (the spelling of
+    ``reconstruct``) do the same; both at once is an error naming them."""
+    Path("scene.toml").write_text("scan_points = 9\nframe_px = 32\n")
+    for how in (["scene.toml"], ["--config", "scene.toml"]):
+        assert main(["simulate", *how, "--out", "s.cxi"]) == 0
+        assert capsys.readouterr().out.strip() == "wrote s.cxi: 9 patterns of (32, 32)"
+    assert main(["simulate", "scene.toml", "--config", "other.toml", "--out", "s.cxi"]) != 0
+    err = capsys.readouterr().err
+    assert "two simulation TOMLs" in err and "other.toml" in err
+
+
 def test_inspect_summarises_and_validates(good_file, capsys):
     assert main(["inspect", str(good_file)]) == 0
     out = capsys.readouterr().out
