@@ -62,14 +62,17 @@ class _Overlap(torch.autograd.Function):
         patches, shifted, corners, ramps, shifted_spectrum = ctx.saved_tensors
         grad_obj = grad_probe = grad_shifts = None
         if ctx.needs_input_grad[0]:
-            weighted = (grad * shifted.conj()).sum(1, keepdim=True)
+            weighted = grad * shifted.conj()
+            if weighted.shape[1] > 1:  # a sum over a length-1 dim would be a needless copy
+                weighted = weighted.sum(1, keepdim=True)
             grad_obj = insert_patches(weighted, corners, ctx.object_shape)
         if ctx.needs_input_grad[1]:
             weighted = grad * patches.conj()
             if ramps is None:
                 grad_probe = weighted.sum(0)
-            else:  # adjoint of ifft2(fft2(P) r) is ifft2(conj(r) fft2(.))
-                spectrum = (torch.fft.fft2(weighted) * ramps.conj()).sum(0)
+            else:  # adjoint of ifft2(fft2(P) r) is ifft2(conj(r) fft2(.)), summed over B
+                # vecdot(r, x) = sum conj(r) x in one call, no conjugated copy of r
+                spectrum = torch.linalg.vecdot(ramps, torch.fft.fft2(weighted), dim=0)
                 grad_probe = torch.fft.ifft2(spectrum)
         if ctx.needs_input_grad[4]:
             # d(T_s P)/ds_a = ifft2(fft2(P) r (-2 pi i k_a)); for a real s the vector-Jacobian
