@@ -13,7 +13,9 @@ class _ModeIntensity(torch.autograd.Function):
 
     Autograd's generic backward (through the real/imag views and a real-to-complex gradient)
     takes several passes over the batch; this one takes one. A single mode skips the sum over
-    dim 1 (a reduction over a length-1 dim still zero-fills and rewrites its output) (far-field benchmark, 1 thread, both: 0.0447 -> 0.0xxx s/epoch).
+    dim 1 (a reduction over a length-1 dim still zero-fills and rewrites its output; with
+    the other fast-path changes of this step, 400 x 64^2 far field, 1 thread: 0.0489 ->
+    0.0452 s/epoch).
     """
 
     @staticmethod
