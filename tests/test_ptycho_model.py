@@ -78,7 +78,18 @@ def test_near_field_fresnel_scaling_geometry():
 @pytest.mark.parametrize("name", ["object", "probe", "positions", "flux", "background"])
 def test_gradcheck(name):
     """Autograd gradients of every named parameter against finite differences (complex128)."""
-    model = tiny_model(torch.complex128)
+    check_gradient(tiny_model(torch.complex128), name)
+
+
+@pytest.mark.parametrize("subpixel", [True, False])
+@pytest.mark.parametrize("name", ["object", "probe"])
+def test_gradcheck_single_mode(name, subpixel):
+    """The single-mode fast paths (no mode sums) of the overlap and intensity backwards."""
+    config = PtychoConfig(probe_modes=1, padding_px=2, subpixel=subpixel)
+    check_gradient(tiny_model(torch.complex128, config=config), name)
+
+
+def check_gradient(model, name):
     full_names = {"flux": "measurement.flux", "background": "measurement.background"}
     key = full_names.get(name, name)
     value = dict(model.named_parameters())[key].detach().clone()

@@ -12,19 +12,25 @@ class _ModeIntensity(torch.autograd.Function):
     """sum_m |Psi_m|^2 over dim 1 with its closed-form backward 2 g Psi.
 
     Autograd's generic backward (through the real/imag views and a real-to-complex gradient)
-    takes several passes over the batch; this one takes one.
+    takes several passes over the batch; this one takes one. A single mode skips the sum over
+    dim 1 (a reduction over a length-1 dim still zero-fills and rewrites its output; with
+    the other fast-path changes of this step, 400 x 64^2 far field, 1 thread: 0.0489 ->
+    0.0452 s/epoch).
     """
 
     @staticmethod
     def forward(ctx, field: Tensor) -> Tensor:
         ctx.save_for_backward(field)
-        return (field.real.square() + field.imag.square()).sum(dim=1)
+        intensity = field.real.square()
+        intensity += field.imag.square()
+        return intensity[:, 0] if field.shape[1] == 1 else intensity.sum(dim=1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (field,) = ctx.saved_tensors
-        # cast first: complex * real broadcasting is an order of magnitude slower on the CPU
-        return field * (2 * grad).unsqueeze(1).to(field.dtype)
+        # complex * real broadcast: one pass, no complex copy of the gradient (torch 2.13 CPU,
+        # (50, M, 64, 64): 93 against 97 us for M = 1, 121 against 160 us for M = 2)
+        return field * (2 * grad).unsqueeze(1)
 
 
 def mode_intensity(field: Tensor) -> Tensor:
@@ -49,7 +55,8 @@ class Measurement(nn.Module):
     def forward(self, field: Tensor, index: Tensor) -> Tensor:
         intensity = mode_intensity(field)
         flux = self.flux[index].reshape(-1, *([1] * (intensity.dim() - 1)))
-        return flux * intensity + self.background
+        # one fused pass (flux * intensity + background took two)
+        return torch.addcmul(self.background, flux, intensity)
 
     def named_fields(self) -> dict[str, nn.Parameter]:
         return {"flux": self.flux, "background": self.background}

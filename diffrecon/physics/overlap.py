@@ -4,9 +4,9 @@
 
 ``overlap`` computes it with a hand-written backward (the adjoint of each factor), which on
 the CPU is several times faster than autograd's generic complex-multiply backward. The adjoints
-multiply by lazily conjugated views: ``a * b.conj()`` is one pass, ``a * b.conj_physical()``
-two (50 x 64^2 complex64, 1 thread: 118 against 212 us). ``overlap_autograd`` is the same
-forward through plain autograd, used when the shifts themselves need gradients (position
+conjugate the incoming gradient once: torch resolves a lazy ``b.conj()`` view with a full copy
+before ``a * b.conj()``, so three conjugated factors cost three copies. ``overlap_autograd``
+is the same forward through plain autograd, used when the shifts themselves need gradients (position
 refinement).
 """
 
@@ -61,16 +61,25 @@ class _Overlap(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         patches, shifted, corners, ramps, shifted_spectrum = ctx.saved_tensors
         grad_obj = grad_probe = grad_shifts = None
+        # Every adjoint multiplies by a conjugate. torch resolves a lazy conj view with a
+        # full copy before each multiply, so conjugate the incoming gradient once instead and
+        # take the conjugate of the (smaller) results: conj(g) x = conj(g conj(x)).
+        # 420 x 128^2 far field, 1 thread, 3 A/B runs: 0.190 -> 0.183 s/epoch.
+        grad_conj = grad.conj_physical() if any(ctx.needs_input_grad[:2]) else None
         if ctx.needs_input_grad[0]:
-            weighted = (grad * shifted.conj()).sum(1, keepdim=True)
-            grad_obj = insert_patches(weighted, corners, ctx.object_shape)
+            weighted = grad_conj * shifted
+            if weighted.shape[1] > 1:  # a sum over a length-1 dim would be a needless copy
+                weighted = weighted.sum(1, keepdim=True)
+            grad_obj = insert_patches(weighted, corners, ctx.object_shape).conj_physical_()
         if ctx.needs_input_grad[1]:
-            weighted = grad * patches.conj()
+            weighted = grad_conj * patches  # conj of grad * conj(patches)
             if ramps is None:
-                grad_probe = weighted.sum(0)
-            else:  # adjoint of ifft2(fft2(P) r) is ifft2(conj(r) fft2(.))
-                spectrum = (torch.fft.fft2(weighted) * ramps.conj()).sum(0)
-                grad_probe = torch.fft.ifft2(spectrum)
+                grad_probe = weighted.sum(0).conj_physical_()
+            else:
+                # adjoint of ifft2(fft2(P) r) is ifft2(sum_b conj(r) fft2(.)); with
+                # fft2(conj(x)) = conj(ifft2(x, norm="forward")) the sum is conj(sum_b r y)
+                spectrum = (ramps * torch.fft.ifft2(weighted, norm="forward")).sum(0)
+                grad_probe = torch.fft.ifft2(spectrum.conj_physical_())
         if ctx.needs_input_grad[4]:
             # d(T_s P)/ds_a = ifft2(fft2(P) r (-2 pi i k_a)); for a real s the vector-Jacobian
             # product is Re sum conj(d psi/ds_a) * grad (torch's convention for real inputs).

@@ -86,6 +86,15 @@ def insert_patches(
     """
     h, w = patches.shape[-2:]
     lead = tuple(object_shape[:-2])
+    if patches.device.type == "cpu":
+        # Accumulate through the strided view of every window (the one ``gather_windows``
+        # reads): no (B, h*w) flat-index arithmetic. CPU only: on CUDA, index_put_ would first
+        # make the overlapping view contiguous. 400 x 64^2 far field, 1 thread: 208 -> 122 us
+        # per batch of 50.
+        out = torch.zeros(object_shape, dtype=patches.dtype, device=patches.device)
+        windows = out.unfold(-2, h, 1).unfold(-2, w, 1).movedim((-4, -3), (0, 1))
+        windows.index_put_((corners[:, 0], corners[:, 1]), patches, accumulate=True)
+        return out
     index = patch_indices(corners, (h, w), object_shape[-1]).reshape(-1)
     values = patches.reshape(patches.shape[0], *lead, h * w).movedim(0, -2).reshape(*lead, -1)
     out = torch.zeros(
