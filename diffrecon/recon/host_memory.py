@@ -11,12 +11,11 @@ and automatic trimming off for the duration, freed blocks are reused: 115 -> 75 
 the change is within noise.
 
 ``reuse_freed_blocks`` covers the iterations only (``api``), not the reading and conversion
-of the data; on entry it returns the free memory that set-up left in the heap to the system
-(``malloc_trim``), on exit it restores glibc's defaults and trims again. On the 2000 x 256^2
-scan (500 MiB of patterns, in memory) this lowered the resident memory on entering the
-iterations from 815-860 to 675-735 MiB above the imported baseline, and the peak over 2 epochs
-from 1190-1245 to 1130-1175 MiB. It does nothing on other C libraries (macOS, Windows, musl)
-or when the user set any ``MALLOC_*`` environment variable (their choice wins).
+of the data (with it, converting 500 MiB of patterns left 852 instead of 660 MiB resident); on
+exit it restores glibc's defaults and returns free memory to the system. (Trimming the heap on
+entry too, or after every epoch, did not lower the peak of a run, and re-faulted the pages.)
+It does nothing on other C libraries (macOS, Windows, musl) or when the user set any
+``MALLOC_*`` environment variable (their choice wins).
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ def reuse_freed_blocks(enabled: bool = True) -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    libc.malloc_trim(0)  # what set-up freed goes back first: kept, it only fragments the heap
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     try:
