@@ -38,6 +38,7 @@ from diffrecon.models.measurement import Measurement
 from diffrecon.physics import led_array
 from diffrecon.physics.aberrations import aperture, polar_grid
 from diffrecon.physics.fft import fft2c, ifft2c
+from diffrecon.physics.optics import squared_modulus
 from diffrecon.physics.overlap import overlap
 from diffrecon.physics.propagators import Imaging
 from diffrecon.physics.shifts import extract_patches, insert_patches
@@ -317,10 +318,10 @@ class FourierPtycho(ForwardModel):
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
         corners, _, weights = self._windows(index)
         w2 = weights.square().flatten()[:, None, None]
-        pupil2 = self.current_pupil().abs().square()
+        pupil2 = squared_modulus(self.current_pupil())
         on_object = insert_patches(pupil2 * w2, corners, tuple(self.object.shape[-2:]))
         patches = extract_patches(self.object[0], corners, self.scope.frame)
-        return {"object": on_object[None], "pupil": (patches.abs().square() * w2).sum(0)[None]}
+        return {"object": on_object[None], "pupil": (squared_modulus(patches) * w2).sum(0)[None]}
 
     @torch.no_grad()
     def constrain(self) -> None:

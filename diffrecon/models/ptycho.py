@@ -22,7 +22,7 @@ from diffrecon.data.container import DiffractionData
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics.modes import orthogonalize_modes
-from diffrecon.physics.optics import farfield_pixel_size_m, fresnel_scaling
+from diffrecon.physics.optics import farfield_pixel_size_m, fresnel_scaling, squared_modulus
 from diffrecon.physics.overlap import overlap
 from diffrecon.physics.propagators import (
     AngularSpectrum,
@@ -291,10 +291,10 @@ class Ptycho(ForwardModel):
 
     def partner_intensities(self, index: Tensor) -> dict[str, Tensor]:
         corners, _ = self._placement(index)
-        probe_intensity = self.probes_at(index).abs().square().sum(1)  # (B, h, w)
+        probe_intensity = squared_modulus(self.probes_at(index)).sum(1)  # (B, h, w)
         on_object = insert_patches(probe_intensity, corners, tuple(self.object.shape[-2:]))
         patches = extract_patches(self.object, corners, tuple(self.probe.shape[-2:]))
-        on_probe = patches.abs().square().sum(dim=(0, 1))
+        on_probe = squared_modulus(patches).sum(dim=(0, 1))
         return {"object": on_object[None], "probe": on_probe[None]}
 
     @torch.no_grad()
@@ -318,15 +318,15 @@ class Ptycho(ForwardModel):
             (patches[:, 2:, 1:-1] - patches[:, :-2, 1:-1]) / 2,
             (patches[:, 1:-1, 2:] - patches[:, 1:-1, :-2]) / 2,
         ]
-        weight = self.probe.detach().abs().square().sum(0).flatten()  # (h*w,)
-        columns = [slope.abs().square().flatten(1) @ weight for slope in slopes]
+        weight = squared_modulus(self.probe.detach()).sum(0).flatten()  # (h*w,)
+        columns = [squared_modulus(slope).flatten(1) @ weight for slope in slopes]
         return {"positions": 2 * torch.stack(columns, dim=1)}
 
     @torch.no_grad()
     def illumination(self) -> Tensor:
         """Summed probe intensity over the scan on the object grid, shape (H, W)."""
         corners = self.positions.detach().round().long()
-        intensity = self.probe.abs().square().sum(0)
+        intensity = squared_modulus(self.probe).sum(0)
         return illumination_map(intensity, corners, tuple(self.object.shape[-2:]))
 
     def truth_mask(self) -> np.ndarray:

@@ -18,6 +18,16 @@ ELECTRON_MASS_KG = 9.1093837015e-31
 ELEMENTARY_CHARGE_C = 1.602176634e-19
 
 
+def squared_modulus(field: Tensor) -> Tensor:
+    """Intensity |field|^2 of a complex tensor, same shape, real (a strided view of a complex
+    temporary: the real part of field * conj(field), exactly re^2 + im^2).
+
+    On the CPU ``field.abs().square()`` is about 6x slower (a complex abs is a hypot): 595 vs
+    92 us on 50 x 64^2 complex64, 51 vs 8 us on 4 x 64^2 (1 thread).
+    """
+    return (field * field.conj()).real
+
+
 def xray_wavelength_m(energy_ev: float) -> float:
     """Photon wavelength in metres for a photon energy in eV (lambda = h c / E)."""
     if energy_ev <= 0:
