@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffrecon.physics.optics import squared_modulus
 from diffrecon.registry import Registry
 
 Tensor = torch.Tensor
@@ -26,7 +27,7 @@ def total_variation(field: Tensor, eps: float = 1e-8) -> Tensor:
     """
     dy = torch.diff(field, dim=-2)[..., :, :-1]
     dx = torch.diff(field, dim=-1)[..., :-1, :]
-    return torch.sqrt(dy.abs().square() + dx.abs().square() + eps).sum()
+    return torch.sqrt(squared_modulus(dy) + squared_modulus(dx) + eps).sum()
 
 
 @regularizers.register("sparsity")
@@ -51,7 +52,7 @@ def depth_total_variation(field: Tensor, eps: float = 1e-8) -> Tensor:
     Favours piecewise-constant structure along z (multislice objects); zero for S = 1.
     """
     dz = torch.diff(field, dim=-3)
-    return (torch.sqrt(dz.abs().square() + eps) - eps**0.5).sum()
+    return (torch.sqrt(squared_modulus(dz) + eps) - eps**0.5).sum()
 
 
 @regularizers.register("depth_lowpass")
@@ -71,4 +72,4 @@ def depth_highpass_energy(field: Tensor, sigma_slices: float = 1.0) -> Tensor:
     transfer = torch.exp(-2 * (math.pi * sigma_slices * kz) ** 2)[:, None, None]
     spectrum = torch.fft.fft(mirrored, dim=-3) * (1 - transfer)
     high = torch.fft.ifft(spectrum, dim=-3)[..., :slices, :, :]
-    return high.abs().square().sum()
+    return squared_modulus(high).sum()
