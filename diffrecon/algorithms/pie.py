@@ -71,5 +71,11 @@ class RPIE(_PIE):
     default_alpha = 0.1
 
     def step_size(self, intensity: Tensor, alpha: float) -> Tensor:
-        denominator = (1 - alpha) * intensity + alpha * intensity.max()
-        return 1 / (2 * denominator.clamp(min=1e-30))
+        return rpie_step_size(intensity, alpha)
+
+
+def rpie_step_size(intensity: Tensor, alpha: float) -> Tensor:
+    """rPIE's per-pixel step on the amplitude-loss gradient, 1 / (2 ((1-alpha) I + alpha
+    max I)), for the partner intensity ``I`` on the updated field's grid (any shape)."""
+    denominator = (1 - alpha) * intensity + alpha * intensity.max()
+    return 1 / (2 * denominator.clamp(min=1e-30))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from diffrecon.algorithms.pie import rpie_step_size
 from diffrecon.models.fp_pupil import fit_aberrations, images_loss, trainable_only
 
 Tensor = torch.Tensor
@@ -43,8 +44,7 @@ def object_steps(model: Any, index: Tensor, measured: Tensor, likelihood: Any, s
             likelihood.elementwise(model(index), measured).sum().backward()
             with torch.no_grad():
                 cover = model.partner_intensities(index)["object"]
-                model.object.sub_(model.object.grad / (2 * ((1 - alpha) * cover
-                                                            + alpha * cover.max())))
+                model.object.sub_(model.object.grad * rpie_step_size(cover, alpha))
         model.object.grad = None
 
 
