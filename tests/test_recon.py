@@ -427,7 +427,7 @@ FAULTS_PROBE = """
 import resource, torch
 from diffrecon.recon.host_memory import reuse_freed_blocks
 
-def faults(count=6, mib=48):
+def faults(count=12, mib=48):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(count):
         block = torch.ones(mib * 2**18)  # touched: every page faulted in when freshly mapped
@@ -442,7 +442,7 @@ print(outside, inside, applied)
 
 
 def test_freed_host_blocks_are_reused_during_a_run(small_ptycho):
-    """Inside ``reuse_freed_blocks`` a freed 48 MiB block is reused instead of unmapped and
+    """Inside ``reuse_freed_blocks`` freed 48 MiB blocks are reused instead of unmapped and
     faulted in afresh (glibc maps allocations above 32 MiB anew each time); measured in a
     fresh process (a long-lived one's arenas depend on its history). The results of a
     reconstruction do not depend on it."""
@@ -452,7 +452,9 @@ def test_freed_host_blocks_are_reused_during_a_run(small_ptycho):
     outside, inside, applied = done.stdout.split()
     if applied != "True":
         pytest.skip("not glibc: the allocator is left alone")
-    assert int(outside) > 6 * 10_000 and int(inside) < int(outside) / 3  # 12288 pages a block
+    # 12288 pages a block: outside every block is fresh; inside only the first one to three
+    # (the heap growing to its working size; 1-3 over repeated fresh processes), then reused
+    assert int(outside) > 12 * 10_000 and int(inside) < int(outside) / 3
     runs = [diffrecon.reconstruct(small_ptycho, "ptycho", overrides=[
         "recon.epochs=2", f"recon.reuse_host_memory={flag}", *QUIET]) for flag in ("true", "false")]
     np.testing.assert_array_equal(runs[0].results["object"], runs[1].results["object"])
