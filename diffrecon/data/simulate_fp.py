@@ -216,10 +216,12 @@ def spread_groups(xy: np.ndarray, leds: np.ndarray, k: int) -> list[list[int]]:
     spacing = float(np.median(np.where(spacing > 0, spacing, np.inf).min(1)))
     groups: list[list[int]] = [[] for _ in range(-(-len(leds) // k))]
 
+    # math.hypot, not np.linalg.norm: a vector norm goes through the BLAS dot, whose rounding
+    # depends on the BLAS kernel (e.g. OPENBLAS_CORETYPE), and this grid is full of exact ties
     def room(group: list[int], led: int) -> float:
-        if len(group) >= k or any(np.linalg.norm(xy[led] + xy[o]) < spacing / 2 for o in group):
+        if len(group) >= k or any(math.hypot(*(xy[led] + xy[o])) < spacing / 2 for o in group):
             return -np.inf
-        return min((float(np.linalg.norm(xy[led] - xy[o])) for o in group), default=np.inf)
+        return min((math.hypot(*(xy[led] - xy[o])) for o in group), default=np.inf)
 
     for led in (int(i) for i in leds):
         best = max(range(len(groups)), key=lambda g: room(groups[g], led))
