@@ -7,9 +7,22 @@ from typing import Any
 import torch
 from torch import nn
 
+Tensor = torch.Tensor
+
 from diffrecon.models.base import ParamSpec
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def _fused_adam_supported(field: Tensor) -> bool:
+    return field.device.type in ("cpu", "cuda") and field.dtype in (
+        torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def _real_view(field: nn.Parameter) -> nn.Parameter:
+    """A real parameter sharing ``field``'s storage: (..., 2) (re, im) for a complex field."""
+    view = torch.view_as_real(field.detach()) if field.is_complex() else field.detach()
+    return nn.Parameter(view)
 
 
 class ParameterPlan:
@@ -28,14 +41,22 @@ class ParameterPlan:
         self.fields = fields
         self.specs = specs
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        # Adam runs fused (one kernel over each parameter) on a real view of a complex field,
+        # the same arithmetic as torch's complex Adam, which also works on view_as_real:
+        # fused=True does not take complex tensors. A (1, 340, 340) complex object, 1 thread:
+        # 840 -> 98 us per step. ``_views`` maps such a name to its view, whose gradient is
+        # set from the field's before each step.
+        self._views: dict[str, nn.Parameter] = {}
         for name, spec in specs.items():
             if not spec.enabled or name not in fields or spec.optimizer == "callback":
                 continue  # frozen, or fitted by a model callback outside the minibatch loop
             kind = force_optimizer or spec.optimizer
             lr = spec.lr if force_lr is None else force_lr
-            # foreach: multi-tensor kernels (fused=True does not take complex parameters)
-            extra = {"foreach": True} if kind == "adam" else {}
-            self.optimizers[name] = _OPTIMIZERS[kind]([fields[name]], lr=lr, **extra)
+            if kind == "adam" and _fused_adam_supported(fields[name]):
+                self._views[name] = _real_view(fields[name])
+                self.optimizers[name] = torch.optim.Adam([self._views[name]], lr=lr, fused=True)
+            else:
+                self.optimizers[name] = _OPTIMIZERS[kind]([fields[name]], lr=lr)
 
     def active(self, epoch: int) -> list[str]:
         """Names of the parameters updated in ``epoch``."""
@@ -47,7 +68,14 @@ class ParameterPlan:
 
     def step(self, names: list[str]) -> None:
         for name in names:
+            view = self._views.get(name)
+            if view is not None:
+                grad = self.fields[name].grad
+                view.grad = None if grad is None else (
+                    torch.view_as_real(grad) if grad.is_complex() else grad)
             self.optimizers[name].step()
+            if view is not None:
+                view.grad = None
 
     def adaptive(self) -> list[str]:
         """Names of the parameters with an adaptive (Adam) optimiser."""
