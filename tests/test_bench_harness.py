@@ -47,11 +47,14 @@ def test_time_to_target_is_setup_plus_epochs_up_to_first_good_snapshot(bench) ->
 def test_ratios_and_table_report_failures_with_their_reason(bench) -> None:
     harness = bench["harness"]
     ours = harness.summarize("ptycho", "diffrecon", [1.0, 2.0, 3.0], [2, 3], [0.2, 0.05],
-                             setup_s=1.0, fft_floor_s=0.5, peak_mb=30.0)
+                             setup_s=1.0, fft_floor_s=0.5, fft_floor_scan_s=1.0,
+                             peak_mb=30.0)
     fast = harness.summarize("ptycho", "peerA", [4.0] * 10, [5, 10], [0.15, 0.08])
     slow = harness.summarize("ptycho", "peerB", [1.0] * 10, [5, 10], [0.3, 0.2])
     broken = harness.failed("ptycho", "peerC", "pip install peerC failed: no wheel")
     assert ours["seconds_per_epoch"] == 2.0 and harness.ratio_to_floor(ours) == 4.0
+    assert harness.ratio_to_floor(ours, "fft_floor_scan_s") == 2.0
+    assert harness.ratio_to_floor(fast, "fft_floor_scan_s") is None  # not measured
     assert ours["time_to_target_s"] == 7.0  # 1 s set-up + 1 + 2 + 3
     ratios = {r["peer"]: r for r in harness.peer_ratios([ours, fast, slow, broken])}
     assert ratios["peerA"]["ratio"] == pytest.approx(7.0 / 40.0)
@@ -59,6 +62,8 @@ def test_ratios_and_table_report_failures_with_their_reason(bench) -> None:
     assert ratios["peerC"]["ratio"] is None and "no wheel" in ratios["peerC"]["reason"]
     table = harness.format_table([ours, fast, slow, broken])
     assert "FAILED" in table and "pip install peerC failed: no wheel" in table
+    assert "x scan" in table.splitlines()[0]
+    assert table.splitlines()[2].split()[4:6] == ["4.0", "2.0"]  # x floor, x scan
     assert "5.7x faster" in harness.format_ratios(list(ratios.values()))
 
 

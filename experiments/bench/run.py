@@ -13,8 +13,9 @@ Cases (each of ours runs in a fresh process, so its peak memory is its own):
   own virtual environment under experiments/bench/.venvs, installed on first use) reconstruct
   that same file. All are scored with the same metric (``evaluate.py``: ambiguity-removed
   object NRMSE over the well-lit region) on object snapshots taken every ``--every`` epochs
-  outside the timed region. FFT floor: ``bench_ptycho.fft_floor`` (the epoch's batched
-  forward + inverse FFTs alone); peak memory: RSS added by loading and reconstructing the
+  outside the timed region. FFT floors: ``bench_ptycho.fft_floor`` (the epoch's batched
+  forward + inverse FFTs alone), chunked as our minibatches (``x floor``) and as one call over
+  the whole scan (``x scan``, the floor of the issue's calibration; see harness.py); peak memory: RSS added by loading and reconstructing the
   file in a fresh process (``bench_ptycho.reconstruction_memory_mb`` for ours).
 - ``cdi``: 2D plane-wave CDI (``bench_cdi``: 64x64 object in 256x256, 1e8 photons), HIO then
   ER with shrinkwrap; seconds per iteration, ``bench_cdi.fft_floor`` of one 256x256 FFT pair.
@@ -84,7 +85,7 @@ def peak_mb(args: argparse.Namespace, base_mb: float) -> float:
         handoff.peak_mb() - base_mb)
 
 
-def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
+def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float],
                 args: argparse.Namespace) -> dict[str, Any]:
     """diffrecon with default settings, scored by ``evaluate.object_nrmse`` every ``--every``
     epochs (the evaluator replaces the built-in one for this call only, so that every package
@@ -116,12 +117,12 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floor: float,
         lazy = bench_ptycho.reconstruction_memory_mb(scan, True, *args.set)
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
-        setup_s=wall - sum(seconds) - spent[0], fft_floor_s=floor, peak_mb=memory,
+        setup_s=wall - sum(seconds) - spent[0], **floors, peak_mb=memory,
         note=f"defaults; lazy peak {lazy:.0f} MiB; raw data "
              f"{data.patterns.nbytes / 2**20:.1f} MiB")
 
 
-def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float,
+def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float],
                 args: argparse.Namespace) -> dict[str, Any]:
     """A peer on the same file: install if needed, run its worker, score its snapshots."""
     peer = peers.PEERS[name]
@@ -140,7 +141,7 @@ def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floor: float
     errors = [evaluate.object_nrmse(o, truth, mask, orientation) for o in runs["objects"]]
     return harness.summarize(
         "ptycho", name, runs["epoch_seconds"].tolist(), runs["epochs"].tolist(), errors,
-        setup_s=float(runs["setup_s"]), fft_floor_s=floor, peak_mb=float(runs["peak_mb"]),
+        setup_s=float(runs["setup_s"]), **floors, peak_mb=float(runs["peak_mb"]),
         note=f"{runs['note']}; axes {orientation}")
 
 
@@ -155,11 +156,12 @@ def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
     mask = evaluate.truth_mask(data)
     batch = next((int(v.split("=", 1)[1]) for v in args.set
                   if v.startswith("recon.batch_size=")), 0) or default_batch_size(n, frame**2)
-    floor = bench_ptycho.fft_floor(n, 1, frame, batch, device=args.device)
-    rows = [ptycho_ours(data, scan, mask, floor, args)]
+    floors = {"fft_floor_s": bench_ptycho.fft_floor(n, 1, frame, batch, device=args.device),
+              "fft_floor_scan_s": bench_ptycho.fft_floor(n, 1, frame, n, device=args.device)}
+    rows = [ptycho_ours(data, scan, mask, floors, args)]
     print(harness.format_table(rows[-1:]), flush=True)
     for name in [] if on_gpu(args) else args.peers:  # the peer workers run on the CPU
-        rows.append(ptycho_peer(name, data, scan, mask, floor, args))
+        rows.append(ptycho_peer(name, data, scan, mask, floors, args))
         print(harness.format_table(rows[-1:]), flush=True)
     return rows
 
