@@ -136,8 +136,8 @@ def main() -> None:
                     added_peak_rss_mb=memory, **{"epochs_to_nrmse_0.10": hit})
         print(f"[default] {per_epoch * 1e3:.1f} ms/epoch, FFT floor {floor * 1e3:.1f} ms in "
               f"minibatches (ratio {per_epoch / floor:.2f}), {scan_floor * 1e3:.1f} ms as one "
-              f"call (ratio {per_epoch / scan_floor:.2f}); NRMSE<=0.10 after {hit} epochs; added peak RSS "
-              f"{memory['memory']:.0f} MiB in memory, {memory['lazy']:.0f} MiB lazy "
+              f"call (ratio {per_epoch / scan_floor:.2f}); NRMSE<=0.10 after {hit} epochs; "
+              f"added peak RSS {memory['memory']:.0f} MiB in memory, {memory['lazy']:.0f} MiB lazy "
               f"(raw data {raw_mb:.1f} MiB)", flush=True)
         report["default"] = case
 

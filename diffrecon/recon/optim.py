@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-Tensor = torch.Tensor
-
 from diffrecon.models.base import ParamSpec
+
+Tensor = torch.Tensor
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
