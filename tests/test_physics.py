@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffrecon.physics import optics
-from diffrecon.physics.fft import fft2c, ifft2c
+from diffrecon.physics.fft import fft2c, ifft2c, ifftshift_into
 from diffrecon.physics.modes import mode_powers, orthogonalize_modes
 from diffrecon.physics.propagators import AngularSpectrum, FarField, SamplingWarning
 from diffrecon.physics.shifts import extract_patches, insert_patches, shifted_copies, translate
@@ -32,6 +32,22 @@ def test_centred_fft_puts_dc_at_centre():
     spectrum = fft2c(x)
     assert spectrum[8, 8].abs() == pytest.approx(16.0)
     assert spectrum.abs().sum() == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (2, 7, 9), (5, 6, 3)])
+def test_ifftshift_into_equals_ifftshift(shape):
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    for dims in [(-2, -1), (-3, -2, -1)]:
+        out = torch.full_like(x, float("nan"))
+        assert ifftshift_into(x, out, dims) is out
+        assert torch.equal(out, torch.fft.ifftshift(x, dim=dims))
+    # the native layout of a far-field propagator, written into a slice of a larger tensor
+    store = torch.zeros((shape[0] + 2, *shape[1:]))
+    FarField().to_native(x, out=store[1:-1])
+    assert torch.equal(store[1:-1], torch.fft.ifftshift(x, dim=(-2, -1)))
+    assert not store[0].any() and not store[-1].any()
+    with pytest.raises(ValueError, match="shapes differ"):
+        ifftshift_into(x, torch.empty(1, 2, 3), (-1,))
 
 
 @pytest.mark.parametrize("propagator", [

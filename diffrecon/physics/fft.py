@@ -8,6 +8,8 @@ Hot loops use the uncentred ``torch.fft`` directly on data stored in the *native
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 Tensor = torch.Tensor
@@ -27,6 +29,28 @@ def ifftnc(x: Tensor, ndim: int = 2) -> Tensor:
     return torch.fft.fftshift(
         torch.fft.ifftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims
     )
+
+
+def ifftshift_into(x: Tensor, out: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``out[...] = torch.fft.ifftshift(x, dims)`` without a temporary: one block copy per
+    corner (2**len(dims) of them). ``x`` and ``out`` have the same shape and must not overlap.
+
+    ifftshift moves index n//2 to 0 along each dim: out[i] = x[(i + n//2) % n].
+    """
+    if x.shape != out.shape:
+        raise ValueError(f"ifftshift_into: shapes differ, {tuple(x.shape)} and {tuple(out.shape)}")
+    halves = []
+    for dim in dims:
+        n = x.shape[dim]
+        a = n // 2  # out[: n - a] = x[a:], out[n - a :] = x[:a]
+        halves.append(((slice(0, n - a), slice(a, n)), (slice(n - a, n), slice(0, a))))
+    lead = [slice(None)] * x.dim()
+    for pieces in itertools.product(*halves):
+        target, source = list(lead), list(lead)
+        for dim, (to, frm) in zip(dims, pieces, strict=True):
+            target[dim], source[dim] = to, frm
+        out[tuple(target)].copy_(x[tuple(source)])
+    return out
 
 
 def fft2c(x: Tensor) -> Tensor:

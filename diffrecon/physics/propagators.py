@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from diffrecon.physics.fft import fftnc, frequency_grid, ifftnc
+from diffrecon.physics.fft import fftnc, frequency_grid, ifftnc, ifftshift_into
 
 Tensor = torch.Tensor
 
@@ -35,9 +35,10 @@ class Propagator(nn.Module):
     def adjoint(self, field: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def to_native(self, detector: Tensor) -> Tensor:
-        """Convert a DC-centred detector-frame array (..., H, W) into the native layout."""
-        return detector
+    def to_native(self, detector: Tensor, out: Tensor | None = None) -> Tensor:
+        """Convert a DC-centred detector-frame array (..., H, W) into the native layout;
+        written into ``out`` (same shape, not overlapping ``detector``) when given."""
+        return detector if out is None else out.copy_(detector)
 
     def from_native(self, detector: Tensor) -> Tensor:
         """Inverse of ``to_native``: native layout to DC-centred detector frame."""
@@ -77,7 +78,9 @@ class FarField(Propagator):
     def adjoint(self, field: Tensor) -> Tensor:
         return torch.fft.ifftn(field, dim=self._dims, norm="ortho")
 
-    def to_native(self, detector: Tensor) -> Tensor:
+    def to_native(self, detector: Tensor, out: Tensor | None = None) -> Tensor:
+        if out is not None:
+            return ifftshift_into(detector, out, self._dims)
         return torch.fft.ifftshift(detector, dim=self._dims)
 
     def from_native(self, detector: Tensor) -> Tensor:
