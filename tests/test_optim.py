@@ -1,8 +1,10 @@
-"""Per-parameter optimisers: the fused Adam on real views is torch's complex Adam."""
+"""Optimiser and rollback state: the fused Adam on real views is torch's complex Adam; the
+per-epoch rollback snapshot reuses its host buffers."""
 
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from diffrecon.models.base import ParamSpec
 from diffrecon.recon.optim import ParameterPlan
+from diffrecon.recon.reconstructor import Reconstructor
 
 
 def gradients(steps: int, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -75,3 +78,27 @@ def test_plan_skips_parameter_without_gradient() -> None:
     plan = ParameterPlan({"object": field}, {"object": ParamSpec(lr=0.1)})
     plan.step(["object"])  # no gradient this step: nothing moves
     assert torch.equal(field.detach(), torch.ones((1, 4, 4), dtype=torch.complex64))
+
+
+def test_snapshot_reuses_its_buffers_and_restores_the_values() -> None:
+    model = nn.Module()
+    model.object = nn.Parameter(torch.ones((1, 6, 6), dtype=torch.complex64))
+    run = SimpleNamespace(model=model, state={"steps": torch.zeros(3)},
+                          plan=SimpleNamespace(restart_moments=lambda: None),
+                          batches=SimpleNamespace(device=torch.device("cpu")))
+    first = Reconstructor.snapshot(run)
+    assert first["model"]["object"].data_ptr() != model.object.data_ptr()  # a copy
+    with torch.no_grad():
+        model.object.mul_(2j)
+    run.state["steps"] += 1
+    second = Reconstructor.snapshot(run, into=first)
+    assert second["model"]["object"] is first["model"]["object"]  # overwritten, not new
+    assert torch.equal(second["model"]["object"], model.object.detach())
+    assert torch.equal(second["state"]["steps"], torch.ones(3))
+    with torch.no_grad():
+        model.object.fill_(float("nan"))
+    Reconstructor.restore(run, second)
+    assert torch.equal(model.object.detach(), torch.full((1, 6, 6), 2j, dtype=torch.complex64))
+    run.state = {"steps": torch.zeros(5)}  # a shape change gets a fresh buffer
+    third = Reconstructor.snapshot(run, into=second)
+    assert third["state"]["steps"].shape == (5,)
