@@ -59,17 +59,18 @@ def fft_floor(num: int, modes: int, frame: int, batch: int, repeats: int = 7,
 
 
 MEMORY_PROBE = """
-import os, resource, sys, torch
+import sys, torch
 torch.set_num_threads(2)
+sys.path.insert(0, sys.argv[3])
+import handoff
 import diffrecon
 import diffrecon.data.cxi
-with open("/proc/self/statm") as statm:  # resident now (KiB), not the import-time peak
-    base = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+base = handoff.resident_mb()  # resident now, not the import-time peak
 lazy = sys.argv[2] == "lazy"
 diffrecon.reconstruct(sys.argv[1], "ptycho", lazy=lazy, overrides=[
     "recon.epochs=3", "log.progress=false", "log.tensorboard=false", "log.metrics=false",
-    *sys.argv[3:]])
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    *sys.argv[4:]])
+print(handoff.peak_mb() - base)
 """
 
 
@@ -80,8 +81,8 @@ def reconstruction_memory_mb(path: Path, lazy: bool, *overrides: str) -> float:
     metrics: their alignment of the whole object in complex128 is a cost of simulated data
     only (about 2 GiB on a 2435^2 object), not of a reconstruction."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path),
-                          "lazy" if lazy else "memory", *overrides], capture_output=True,
-                         text=True, check=True)
+                          "lazy" if lazy else "memory", str(HERE / "bench"), *overrides],
+                         capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
