@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -43,6 +42,9 @@ from diffrecon.physics.optics import interaction_constant
 from diffrecon.recon.tomography import two_step
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "bench"))
+import handoff  # noqa: E402  (peak memory: VmHWM, which exec does not inherit)
+
 SCENE = HERE / "configs" / "paet_bench.toml"
 QUIET = {"log": {"progress": False, "tensorboard": False, "metrics": False}}
 
@@ -127,7 +129,7 @@ def scaling_point(tilts: int) -> dict[str, Any]:
     result, _ = joint(data, settings, 2, refine_angles=True)
     return {"tilts": tilts, "patterns": data.num_patterns,
             "seconds_per_epoch": float(np.mean(result.history["time/epoch_s"])),
-            "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_MiB": handoff.peak_mb()}
 
 
 def case_scaling(points: list[int], threads: int) -> list[dict[str, Any]]:
