@@ -16,7 +16,7 @@ Cases (each of ours runs in a fresh process, so its peak memory is its own):
   outside the timed region. FFT floors: ``bench_ptycho.fft_floor`` (the epoch's batched
   forward + inverse FFTs alone), chunked as our minibatches (``x floor``) and as one call
   over the whole scan (``x scan``, the floor of the issue's calibration; see harness.py).
-  Peak memory: RSS added by loading and reconstructing the
+  Peak memory: the resident high-water mark (VmHWM) added by loading and reconstructing the
   file in a fresh process (``bench_ptycho.reconstruction_memory_mb`` for ours).
 - ``cdi``: 2D plane-wave CDI (``bench_cdi``: 64x64 object in 256x256, 1e8 photons), HIO then
   ER with shrinkwrap; seconds per iteration, ``bench_cdi.fft_floor`` of one 256x256 FFT pair.
