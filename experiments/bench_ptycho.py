@@ -77,7 +77,8 @@ print(handoff.peak_mb() - base)
 def reconstruction_memory_mb(path: Path, lazy: bool, *overrides: str) -> float:
     """Peak resident memory added by loading and reconstructing ``path`` (3 epochs, MiB), in a
     fresh process, above its resident memory once Python, torch and diffrecon are imported
-    (the peak reached while importing does not hide the reconstruction's own). Without truth
+    (the peak reached while importing does not hide the reconstruction's own). The peak is
+    the process's VmHWM (``handoff.peak_mb``), which does not inherit the caller's. Without truth
     metrics: their alignment of the whole object in complex128 is a cost of simulated data
     only (about 2 GiB on a 2435^2 object), not of a reconstruction."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path),
