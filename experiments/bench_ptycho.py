@@ -121,8 +121,8 @@ def main() -> None:
     if "default" in args.cases:
         case = run_case(data, [], args.epochs, "default")
         floor = fft_floor(n, 1, frame, batch)
-        # the calibration floor: one batched call over the whole scan (see
-        # experiments/bench/harness.py); slower than the minibatch chunks, which stay in cache
+        # the floor of the calibration: one batched call over the whole scan (see
+        # experiments/bench/harness.py); its extra time is page faults, not FFT arithmetic
         scan_floor = fft_floor(n, 1, frame, n)
         per_epoch = statistics.median(case.pop("epoch_seconds")[2:])
         with tempfile.TemporaryDirectory() as folder:

@@ -9,10 +9,11 @@ A *row* is a plain dict describing one package on one case:
      "final_nrmse": float | None, "note": str}
 
 Two FFT floors: ``fft_floor_s``, the epoch's forward + inverse FFTs chunked as its minibatches
-(cache-resident, the faster and stricter floor), and ``fft_floor_scan_s``, the same FFTs as one
-batched call over the whole scan: the floor the issue's calibration uses (CDTools, 420 x
-128^2 on 2 cores: 0.91 s per epoch, "about 21x the FFT floor (43 ms)"; that call measures
-44 ms on this machine, the chunked one 15 ms).
+(the FFT work itself), and ``fft_floor_scan_s``, the same FFTs as one batched call over the
+whole scan, which reproduces the floor of the issue's calibration (CDTools, 420 x 128^2 on 2
+cores: 0.91 s per epoch, "about 21x the FFT floor (43 ms)"; that call measures 44 ms on this
+machine, the chunked one 15 ms). The one call's extra time is not arithmetic: its fresh
+outputs (55 MB there) are page-faulted in; with freed memory reused it also takes 15 ms.
 
 Everything here is deterministic arithmetic on measured numbers (tested in
 tests/test_bench_harness.py); measuring them is run.py's job.
