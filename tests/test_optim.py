@@ -102,3 +102,26 @@ def test_snapshot_reuses_its_buffers_and_restores_the_values() -> None:
     run.state = {"steps": torch.zeros(5)}  # a shape change gets a fresh buffer
     third = Reconstructor.snapshot(run, into=second)
     assert third["state"]["steps"].shape == (5,)
+
+
+def test_plan_resumes_a_checkpoint_of_torch_complex_adam() -> None:
+    """Checkpoints written before Adam ran fused hold complex moments; they resume exactly."""
+    start = torch.randn((1, 6, 5), generator=torch.Generator().manual_seed(2),
+                        dtype=torch.complex64)
+    grads = gradients(4, start.shape, torch.complex64)
+    reference = nn.Parameter(start.clone())
+    torch_adam = torch.optim.Adam([reference], lr=0.03)
+    for grad in grads[:2]:
+        reference.grad = grad.clone()
+        torch_adam.step()
+    ours = nn.Parameter(reference.detach().clone())
+    plan = ParameterPlan({"object": ours}, {"object": ParamSpec(lr=0.03)})
+    saved = io.BytesIO()  # written out and read back, as the checkpoint did
+    torch.save({"object": torch_adam.state_dict()}, saved)
+    saved.seek(0)
+    plan.load_state_dict(torch.load(saved))
+    for grad in grads[2:]:
+        ours.grad, reference.grad = grad.clone(), grad.clone()
+        plan.step(["object"])
+        torch_adam.step()
+    torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-5, atol=1e-6)

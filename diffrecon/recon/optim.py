@@ -103,5 +103,19 @@ class ParameterPlan:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, optimizer_state in state.items():
-            if name in self.optimizers:
-                self.optimizers[name].load_state_dict(optimizer_state)
+            if name not in self.optimizers:
+                continue
+            if name in self._views:
+                optimizer_state = _real_moments(optimizer_state)
+            self.optimizers[name].load_state_dict(optimizer_state)
+
+
+def _real_moments(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of torch's complex Adam (moments stored as complex tensors, written before
+    Adam ran fused on real views) in the real-view layout: the same numbers, viewed (..., 2)."""
+    moments = {
+        key: {k: torch.view_as_real(v) if isinstance(v, Tensor) and v.is_complex() else v
+              for k, v in values.items()}
+        for key, values in optimizer_state["state"].items()
+    }
+    return {**optimizer_state, "state": moments}
