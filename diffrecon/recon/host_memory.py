@@ -12,8 +12,12 @@ the change is within noise.
 
 ``reuse_freed_blocks`` covers the iterations only (``api``), not the reading and conversion
 of the data (with it, converting 500 MiB of patterns left 852 instead of 660 MiB resident); on
-exit it restores glibc's defaults and returns free memory to the system. (Trimming the heap on
-entry too, or after every epoch, did not lower the peak of a run, and re-faulted the pages.)
+exit it restores glibc's default values and returns free memory to the system. glibc's
+*adaptive* mmap threshold, which any such ``mallopt`` call switches off for the process, stays
+off: afterwards every allocation above 128 KiB is freshly mapped (glibc's behaviour before it
+adapts), which costs later large allocations their page faults but holds no freed memory.
+(Trimming the heap on entry too, or after every epoch, did not lower the peak of a run, and
+re-faulted the pages.)
 It does nothing on other C libraries (macOS, Windows, musl) or when the user set any
 ``MALLOC_*`` environment variable (their choice wins).
 """
