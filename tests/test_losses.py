@@ -40,6 +40,33 @@ def test_registry_holds_the_three_likelihoods():
     assert likelihoods.names() == NAMES
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_prepare_in_place_matches_prepare(name):
+    """``prepare_`` (used when the data are loaded) overwrites its argument with ``prepare``'s
+    result; ``prepare`` leaves the counts alone."""
+    likelihood = likelihoods.get(name)()
+    measured = counts()
+    measured[1, 2, 3] = -1.0  # clamped to zero by the amplitude likelihood
+    kept = measured.clone()
+    expected = likelihood.prepare(measured)
+    assert torch.equal(measured, kept)
+    buffer = measured.clone()
+    assert likelihood.prepare_(buffer) is buffer
+    torch.testing.assert_close(buffer, expected, rtol=0, atol=0)
+
+
+class _ReturnsNew(Likelihood):
+    def prepare(self, counts: torch.Tensor) -> torch.Tensor:
+        return 2 * counts
+
+
+def test_prepare_in_place_default_copies_a_new_result():
+    buffer = counts()
+    expected = 2 * buffer
+    assert _ReturnsNew().prepare_(buffer) is buffer
+    torch.testing.assert_close(buffer, expected, rtol=0, atol=0)
+
+
 # --- nll: minimum at equality ---------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ Tensor = torch.Tensor
 class PatternBatches:
     """Serves measured counts (B, H, W) for pattern indices, converted once to native layout.
 
-    ``prepare`` (the likelihood's) transforms the counts once, e.g. to amplitudes; masked
+    ``prepare`` (the likelihood's ``prepare_``) transforms the counts once, in place, e.g. to
+    amplitudes (a callable that returns a new tensor is copied back); masked
     pixels holding NaN/Inf are zeroed (they never enter the likelihood).
 
     In-memory data are converted block by block (``DiffractionData.blocks``) into one
@@ -72,7 +73,11 @@ class PatternBatches:
         else:
             self.propagator.to_native(moved, out=out).nan_to_num_(nan=0.0, posinf=0.0,
                                                                    neginf=0.0)
-        return out if self.prepare is None else out.copy_(self.prepare(out))
+        if self.prepare is not None:
+            prepared = self.prepare(out)
+            if prepared is not out:
+                out.copy_(prepared)
+        return out
 
     def __len__(self) -> int:
         return 1 if self.volume else self.data.num_patterns
