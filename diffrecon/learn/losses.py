@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from diffrecon.losses.likelihoods import Likelihood
+from diffrecon.physics.optics import squared_modulus
 from diffrecon.physics.propagators import Propagator
 from diffrecon.physics.shifts import shifted_copies
 
@@ -27,7 +28,7 @@ def probe_weights(probe: Tensor, fractions: Tensor) -> Tensor:
         probe: (M, h, w) complex modes.
         fractions: (B, 2) sub-pixel offsets in pixels (y, x).
     """
-    intensity = shifted_copies(probe, fractions).abs().square().sum(1)
+    intensity = squared_modulus(shifted_copies(probe, fractions)).sum(1)
     return intensity / intensity.amax(dim=(-2, -1), keepdim=True)
 
 

@@ -45,9 +45,9 @@ from diffrecon.models.ptycho import (
 from diffrecon.physics import aberrations as ab
 from diffrecon.physics.multislice import SliceGrid, multislice
 from diffrecon.physics.optics import electron_voltage_v, interaction_constant
-from diffrecon.physics.overlap import overlap, phase_ramps, shift_modes
+from diffrecon.physics.overlap import overlap
 from diffrecon.physics.propagators import Propagator
-from diffrecon.physics.shifts import extract_patches
+from diffrecon.physics.shifts import extract_patches, phase_ramps, shift_modes
 
 Tensor = torch.Tensor
 

@@ -42,8 +42,7 @@ from diffrecon.models.multislice import Multislice, MultisliceConfig
 from diffrecon.models.ptycho import detector_geometry, scan_grid
 from diffrecon.physics.multislice import multislice
 from diffrecon.physics.optics import electron_voltage_v, interaction_constant
-from diffrecon.physics.overlap import phase_ramps, shift_modes
-from diffrecon.physics.shifts import extract_patches
+from diffrecon.physics.shifts import extract_patches, phase_ramps, shift_modes
 from diffrecon.physics.volume import rotate_volume
 
 Tensor = torch.Tensor

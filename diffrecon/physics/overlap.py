@@ -17,27 +17,9 @@ import math
 import torch
 
 from diffrecon.physics.shifts import gather_windows as gather_patches
-from diffrecon.physics.shifts import insert_patches
+from diffrecon.physics.shifts import insert_patches, phase_ramps, shift_modes
 
 Tensor = torch.Tensor
-
-
-def phase_ramps(shifts_px: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    """Fourier-shift ramps exp(-2 pi i k.s), shape (B, 1, h, w), uncentred frequency order."""
-    real = shifts_px.dtype
-    one = torch.ones((), dtype=real, device=shifts_px.device)
-    ky = torch.fft.fftfreq(shape[0], device=shifts_px.device, dtype=real)
-    kx = torch.fft.fftfreq(shape[1], device=shifts_px.device, dtype=real)
-    ramp_y = torch.polar(one, -2 * math.pi * shifts_px[:, 0, None] * ky).to(dtype)
-    ramp_x = torch.polar(one, -2 * math.pi * shifts_px[:, 1, None] * kx).to(dtype)
-    return ramp_y[:, None, :, None] * ramp_x[:, None, None, :]
-
-
-def shift_modes(probe: Tensor, ramps: Tensor | None) -> Tensor:
-    """Probe modes (M, h, w) translated by each ramp: (B, M, h, w) (no ramps: a broadcast)."""
-    if ramps is None:
-        return probe[None]
-    return torch.fft.ifft2(torch.fft.fft2(probe)[None] * ramps)
 
 
 def _frequencies(shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:

@@ -123,19 +123,30 @@ def illumination_map(
     return total
 
 
+def phase_ramps(shifts_px: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """Fourier-shift ramps exp(-2 pi i k.s), shape (B, 1, h, w), uncentred frequency order,
+    for shifts ``shifts_px`` (B, 2) pixels (y, x); separable, so built from two 1D ramps."""
+    real = shifts_px.dtype
+    one = torch.ones((), dtype=real, device=shifts_px.device)
+    ky = torch.fft.fftfreq(shape[0], device=shifts_px.device, dtype=real)
+    kx = torch.fft.fftfreq(shape[1], device=shifts_px.device, dtype=real)
+    ramp_y = torch.polar(one, -2 * math.pi * shifts_px[:, 0, None] * ky).to(dtype)
+    ramp_x = torch.polar(one, -2 * math.pi * shifts_px[:, 1, None] * kx).to(dtype)
+    return ramp_y[:, None, :, None] * ramp_x[:, None, None, :]
+
+
+def shift_modes(probe: Tensor, ramps: Tensor | None) -> Tensor:
+    """Probe modes (M, h, w) translated by each ramp: (B, M, h, w) (no ramps: a broadcast).
+
+    One FFT of the M modes, then B*M inverse FFTs."""
+    if ramps is None:
+        return probe[None]
+    return torch.fft.ifft2(torch.fft.fft2(probe)[None] * ramps)
+
+
 def shifted_copies(field: Tensor, shifts_px: Tensor) -> Tensor:
     """Copies of ``field`` (M, h, w) translated by each of ``shifts_px`` (B, 2): (B, M, h, w).
 
-    One FFT of the M modes, then B*M inverse FFTs; the phase ramp is separable, so it is built
-    from two 1D ramps. Differentiable with respect to both arguments.
+    Differentiable with respect to both arguments.
     """
-    h, w = field.shape[-2:]
-    real = shifts_px.dtype
-    ky = torch.fft.fftfreq(h, device=field.device, dtype=real)
-    kx = torch.fft.fftfreq(w, device=field.device, dtype=real)
-    one = torch.ones((), dtype=real, device=field.device)
-    ramp_y = torch.polar(one, -2 * math.pi * shifts_px[:, 0, None] * ky).to(field.dtype)
-    ramp_x = torch.polar(one, -2 * math.pi * shifts_px[:, 1, None] * kx).to(field.dtype)
-    spectrum = torch.fft.fft2(field)
-    ramp = ramp_y[:, None, :, None] * ramp_x[:, None, None, :]
-    return torch.fft.ifft2(spectrum[None] * ramp)
+    return shift_modes(field, phase_ramps(shifts_px, tuple(field.shape[-2:]), field.dtype))
