@@ -147,10 +147,12 @@ def test_networks_map_patterns_to_complex_objects(name):
 
 
 def test_tiny_network_overfits_tiny_set():
+    # the loss sits on a plateau near 0.1 for ~50 epochs before it falls; where it leaves it
+    # varies between CPUs (150 epochs ended at 0.20x on one machine, 0.12x at 300)
     simulator = _simulator(patterns_per_chunk=4)
     chunk = simulator.chunk(0)
     config = load_train_config(TINY, ["net.width=8", "train.physics_weight=0",
-                                      "train.epochs=150", "train.batch_size=4",
+                                      "train.epochs=300", "train.batch_size=4",
                                       "train.lr=3e-3", "train.seed=1"])
     run = train(config, data=chunk)
     losses = run.history["loss/train"]
