@@ -265,3 +265,17 @@ def test_resume_equals_an_uninterrupted_run_and_tensorboard_has_the_tags(tmp_pat
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
     assert {"loss/train", "loss/validation", "loss/train/physics"} <= scalars
     assert {"images/input", "images/prediction/phase", "images/truth/amplitude"} <= images
+
+
+def test_gradient_clipping_bounds_the_step_norm():
+    from diffrecon.learn.train import _clip
+
+    weights = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    optimizer = torch.optim.SGD(weights, lr=1.0)
+    weights[0].grad, weights[1].grad = torch.full((3,), 4.0), torch.full((4,), 3.0)
+    _clip(optimizer, 0.0)  # off: untouched
+    assert float(torch.cat([w.grad for w in weights]).norm()) == pytest.approx(84**0.5)
+    _clip(optimizer, 2.0)
+    clipped = torch.cat([w.grad for w in weights])
+    assert float(clipped.norm()) == pytest.approx(2.0, rel=1e-5)
+    assert torch.allclose(clipped[:3] / clipped[3:].mean(), torch.full((3,), 4 / 3))

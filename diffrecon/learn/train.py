@@ -70,6 +70,9 @@ class FitConfig:
     epochs: int = doc(20, "passes over the training chunks")
     batch_size: int = doc(64, "patterns per step (split over the ranks)")
     lr: float = doc(1e-3, "Adam learning rate (cosine decay to 5% over the epochs)")
+    clip_grad_norm: float = doc(0.0, "largest gradient norm of a step, 0: no clipping (e.g. 1.0 "
+                                "guards a high learning rate against a spike that sends the "
+                                "network's outputs to zero)")
     supervised_weight: float = doc(1.0, "weight of the supervised (truth) loss")
     physics_weight: float = doc(0.0, "weight of the physics-informed likelihood loss")
     likelihood: str = doc("poisson", "likelihood of the physics-informed loss")
@@ -181,6 +184,13 @@ def batch_loss(net: nn.Module, batch: PatchSet, trained: TrainedNet, source: Sam
     return total, terms
 
 
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Scale the gradients of ``optimizer``'s parameters to a total norm <= ``max_norm``."""
+    if max_norm > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def run_epoch(model: nn.Module, trained: TrainedNet, source: SampleSource, patches: PatchSet,
               optimizer: torch.optim.Optimizer | None, fit: FitConfig, epoch: int,
               comm: distributed.Communicator,
@@ -212,9 +222,12 @@ def run_epoch(model: nn.Module, trained: TrainedNet, source: SampleSource, patch
             scaled = loss * weight * comm.world_size
             if scaler is None:
                 scaled.backward()
+                _clip(optimizer, fit.clip_grad_norm)
                 optimizer.step()
             else:
                 scaler.scale(scaled).backward()
+                scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+                _clip(optimizer, fit.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
         for name, value in {"total": float(loss.detach()), **terms}.items():
