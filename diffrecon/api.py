@@ -202,7 +202,8 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     comm.broadcast_module(model)  # all ranks start equal whatever their random state
     objective = Objective(run_config.loss, data.num_patterns)
     batches = PatternBatches(data, model.propagator, device, lazy=lazy,
-                             prepare=objective.likelihood.prepare_)
+                             prepare=objective.likelihood.prepare_,
+                             compact=run_config.recon.compact_counts)
     objective.num_patterns = len(batches)  # a 3D volume is one measurement
     objective.check(model)
     algorithm, epochs = make_algorithm(run_config.algorithm, run_config.recon.epochs)

@@ -378,3 +378,42 @@ def test_pattern_batches_leave_the_users_array_alone(small_ptycho) -> None:
     served = batches(torch.arange(data.num_patterns))
     assert bool((served[:, 0, 0] == 0).all())
     np.testing.assert_array_equal(served[:, 1:].numpy(), patterns[:, 1:])
+
+
+@pytest.mark.parametrize("likelihood", ["amplitude", "poisson", "gaussian"])
+def test_whole_counts_are_held_as_uint16_and_served_unchanged(small_ptycho, monkeypatch,
+                                                             likelihood) -> None:
+    """Whole-number counts in range are held as uint16 (half the memory) and every batch
+    equals the float32 copy's, masked pixels (NaN here) zeroed in both; anything else stays
+    float32 (counts > 65535, fractions), also when it first shows in a later block (what
+    was stored as uint16 until then is converted)."""
+    import dataclasses
+
+    from diffrecon.losses.likelihoods import make_likelihood
+
+    prepare = make_likelihood(likelihood).prepare_
+    model = Ptycho.from_data(small_ptycho, PtychoConfig())
+    frame = small_ptycho.frame_shape
+    monkeypatch.setattr(PatternBatches, "block_bytes", 7 * 4 * frame[0] * frame[1])
+    counts = np.round(np.asarray(small_ptycho.patterns, dtype=np.float32))
+    valid = np.ones(frame, dtype=bool)
+    valid[0, :3] = False
+    counts[:, 0, :3] = np.nan
+    index = torch.tensor([0, 79, 5, 6, 40, 41, 40])
+    cases = {"whole": counts.copy(), "late fraction": counts.copy(), "large": counts.copy()}
+    cases["late fraction"][50, 3, 3] += 0.5  # block 8 of 12
+    cases["large"][10, 5, 5] = 70000.0
+    for name, patterns in cases.items():
+        data = dataclasses.replace(small_ptycho, patterns=patterns, valid=valid)
+        compact = PatternBatches(data, model.propagator, prepare=prepare)
+        full = PatternBatches(data, model.propagator, prepare=prepare, compact=False)
+        assert compact.compact == (name == "whole") and not full.compact
+        expected = full(index)
+        masked = expected[:, ~full.valid]  # native (DC-first) layout
+        assert expected.dtype == torch.float32 and masked.numel() == 21
+        assert bool((masked == 0).all())
+        assert torch.equal(compact(index), expected), name
+        assert torch.equal(compact(torch.arange(80)), full(torch.arange(80))), name
+    held = PatternBatches(dataclasses.replace(small_ptycho, patterns=counts, valid=valid),
+                          model.propagator, prepare=prepare)
+    assert held.patterns.dtype == torch.uint16 and held.patterns.element_size() == 2

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffrecon.data.container import DiffractionData
+from diffrecon.data.container import BLOCK_BYTES, DiffractionData
 from diffrecon.physics.propagators import Propagator
 
 Tensor = torch.Tensor
@@ -22,10 +22,20 @@ class PatternBatches:
     amplitudes (a callable that returns a new tensor is copied back); masked
     pixels holding NaN/Inf are zeroed (they never enter the likelihood).
 
-    In-memory data are converted block by block (``DiffractionData.blocks``) into one
-    float32 tensor on ``device`` (no second full copy); a lazy HDF5 source is read per batch,
-    so memory stays bounded by the batch size whatever the file size.
+    In-memory data are converted block by block (``DiffractionData.blocks``) into one tensor
+    on ``device`` (no second full copy); a lazy HDF5 source is read per batch, so memory
+    stays bounded by the batch size whatever the file size.
+
+    With ``compact`` (default), counts that are whole numbers in [0, 65535] on every valid
+    pixel (photon-counting detectors, simulations with Poisson noise) are kept as uint16, half
+    the memory of float32, and converted and prepared per batch; anything else (a flat-field
+    corrected or background-subtracted float) is kept as prepared float32. The two serve the
+    same values (masked pixels are zero in both). 2000 x 256^2 frames (500 MiB as float32):
+    250 MiB held. Serving a batch of 32 of 128^2 (2 threads, amplitude likelihood) takes
+    0.5 ms instead of 0.05 ms, about 3% of its update.
     """
+
+    block_bytes = BLOCK_BYTES  # float32 frames converted at a time when loading into memory
 
     def __init__(
         self,
@@ -35,6 +45,7 @@ class PatternBatches:
         *,
         lazy: bool | None = None,
         prepare: Callable[[Tensor], Tensor] | None = None,
+        compact: bool = True,
     ) -> None:
         self.data = data
         self.propagator = propagator
@@ -52,43 +63,113 @@ class PatternBatches:
             self.lazy = False
             self.patterns = self._convert(torch.as_tensor(np.asarray(data.patterns))[None])
         elif not self.lazy:
-            n, (h, w) = data.num_patterns, data.frame_shape
-            self.patterns = torch.empty((n, h, w), dtype=torch.float32, device=self.device)
-            for start, block in data.blocks():
-                self._convert(torch.as_tensor(block),
-                              out=self.patterns[start : start + block.shape[0]])
+            self.patterns = self._load(compact and _uint16_works(self.device))
+        # compact counts are served through the prepared value of each possible count (the
+        # likelihood's ``prepare`` maps counts elementwise): 32 x 128^2 counts, 88% zeros,
+        # 2 threads: 0.43 ms, where converting and taking the square root took 1.05 ms
+        # (torch's float sqrt of zero is 8x slower than of other numbers on this CPU)
+        self._table: Tensor | None = None
+        if self.compact:
+            counts = torch.arange(65536, dtype=torch.float32, device=self.device)
+            table = self._prepare(counts.clone())
+            self._table = None if torch.equal(table, counts) else table
+
+    @property
+    def compact(self) -> bool:
+        """Whether the patterns are held as uint16 counts (prepared per batch)."""
+        return self.patterns is not None and self.patterns.dtype == torch.uint16
+
+    def _load(self, compact: bool) -> Tensor:
+        """All patterns (N, H, W) in native layout: uint16 counts while every block is whole
+        numbers in range (``compact``), else prepared float32 (what was stored so far is
+        converted once, when the first block that does not fit arrives)."""
+        data = self.data
+        n, (h, w) = data.num_patterns, data.frame_shape
+        dtype = torch.uint16 if compact else torch.float32
+        patterns = torch.empty((n, h, w), dtype=dtype, device=self.device)
+        scratch: Tensor | None = None
+        for start, block in data.blocks(self.block_bytes):
+            stop = start + block.shape[0]
+            if patterns.dtype == torch.float32:
+                self._convert(torch.as_tensor(block), out=patterns[start:stop])
+                continue
+            if scratch is None:
+                scratch = torch.empty((block.shape[0], h, w), device=self.device)
+            native = self._native(torch.as_tensor(block), scratch[: stop - start])
+            if _fits_uint16(native):
+                patterns[start:stop].copy_(native)
+                continue
+            stored, patterns = patterns, torch.empty((n, h, w), device=self.device)
+            for first in range(0, start, scratch.shape[0]):
+                last = min(first + scratch.shape[0], start)
+                self._prepare(patterns[first:last].copy_(stored[first:last]))
+            del stored
+            self._prepare(patterns[start:stop].copy_(native))
+        return patterns
+
+    def _native(self, block: Tensor, out: Tensor) -> Tensor:
+        """``block`` (K, H, W) into ``out`` in native layout, float32, masked pixels and
+        NaN/Inf zeroed; not prepared."""
+        # from pinned memory the copy to a GPU is asynchronous (ordered on the same stream)
+        moved = block.to(self.device, non_blocking=block.is_pinned()).to(torch.float32)
+        self.propagator.to_native(moved, out=out).nan_to_num_(nan=0.0, posinf=0.0,
+                                                               neginf=0.0)
+        return out.masked_fill_(~self.valid, 0.0)
+
+    def _prepare(self, counts: Tensor) -> Tensor:
+        """``counts`` prepared in place (the likelihood's form) and returned."""
+        if self.prepare is not None:
+            prepared = self.prepare(counts)
+            if prepared is not counts:
+                counts.copy_(prepared)
+        return counts
 
     def _convert(self, block: Tensor, out: Tensor | None = None) -> Tensor:
         """``block`` in native layout, float32, finite and prepared; written into ``out`` if
         given, with no block-sized temporary (2000 x 256^2 frames converted into one tensor:
         the temporaries left 230 MiB of freed blocks in the heap, 793 MiB resident at the
-        end against 565)."""
-        # from pinned memory the copy to a GPU is asynchronous (ordered on the same stream)
-        moved = block.to(self.device, non_blocking=block.is_pinned()).to(torch.float32)
+        end against 565). Never written into ``block`` itself (a user's array or the lazy
+        reader's buffer)."""
         if out is None:
-            # not in place: without a layout change or a type cast the result would be the
-            # caller's block itself (a user's in-memory array, or the lazy reader's buffer)
-            out = torch.nan_to_num(self.propagator.to_native(moved), nan=0.0, posinf=0.0,
-                                   neginf=0.0)
-        else:
-            self.propagator.to_native(moved, out=out).nan_to_num_(nan=0.0, posinf=0.0,
-                                                                   neginf=0.0)
-        if self.prepare is not None:
-            prepared = self.prepare(out)
-            if prepared is not out:
-                out.copy_(prepared)
-        return out
+            out = torch.empty(block.shape, dtype=torch.float32, device=self.device)
+        return self._prepare(self._native(block, out))
 
     def __len__(self) -> int:
         return 1 if self.volume else self.data.num_patterns
 
     def __call__(self, index: Tensor) -> Tensor:
         if self.patterns is not None:
-            return self.patterns[index.to(self.device)]
+            # index_select, not patterns[index]: 32 of 420 128^2 frames, 2 threads: 0.10 ms
+            # against 0.38 ms (uint16 and float32 alike)
+            rows = torch.index_select(self.patterns, 0, index.to(self.device))
+            if not self.compact:
+                return rows
+            if self._table is None:
+                return rows.to(torch.float32)
+            return torch.index_select(self._table, 0, rows.view(-1).to(torch.int32)
+                                      ).view(rows.shape)
         tensor = torch.from_numpy(read_frames(self.data.patterns, index.cpu().numpy()))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return self._convert(tensor)
+
+
+def _fits_uint16(counts: Tensor) -> bool:
+    """Whether float ``counts`` are all whole numbers in [0, 65535] (exact as uint16)."""
+    if counts.numel() == 0:
+        return True
+    low, high = torch.aminmax(counts)
+    return bool(low >= 0) and bool(high <= 65535) and bool(torch.equal(counts, counts.trunc()))
+
+
+def _uint16_works(device: torch.device) -> bool:
+    """Whether uint16 tensors can be indexed and converted on ``device`` (true on the CPU;
+    checked once rather than assumed elsewhere)."""
+    try:
+        probe = torch.zeros(2, dtype=torch.uint16, device=device)
+        return bool(probe[torch.tensor([1], device=device)].to(torch.float32).sum() == 0)
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def read_frames(source: Any, index: np.ndarray) -> np.ndarray:

@@ -44,6 +44,10 @@ class ReconConfig:
     )
     starts: int = doc(1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor")
     average_best: int = doc(5, "with starts > 1: align and average this many of the best")
+    compact_counts: bool = doc(
+        True, "hold whole-number counts in [0, 65535] as uint16 in memory (half of float32; "
+        "converted per batch); other data stay float32"
+    )
     reuse_host_memory: bool = doc(
         True, "keep freed host memory for reuse during the run (glibc; see recon.host_memory)"
     )
