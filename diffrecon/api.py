@@ -78,15 +78,15 @@ class Result:
     rank: int = 0
 
 
-def load(path: str | Path, *, lazy: bool = False) -> DiffractionData:
+def load(path: str | Path, *, lazy: bool = False, truth: bool = True) -> DiffractionData:
     """Read a data file: CXI or the plain HDF5 layout, or a bare NPY/NPZ/TIFF intensity
     (a CDI pattern or volume; see README), or a Fourier-ptychography HDF5 file, TOML/JSON
-    description or folder (``data.fpm``)."""
+    description or folder (``data.fpm``). ``truth=False`` skips a CXI file's ground truth."""
     if fpm.is_fp_source(path):
         return fpm.load_fp(path)
     if arrays.is_array_file(path):
         return arrays.load_array(path)
-    return cxi.load(path, lazy=lazy)
+    return cxi.load(path, lazy=lazy, truth=truth)
 
 
 def list_models() -> list[str]:
@@ -154,7 +154,8 @@ def reconstruct(
     if not isinstance(data, DiffractionData):
         # Read a file through the lazy reader even when the patterns are then held in memory:
         # they are copied chunk by chunk into the working tensor, never twice in memory.
-        data = load(data, lazy=True)
+        # ... and its ground truth only where it is used (for metrics)
+        data = load(data, lazy=True, truth=run_config.log.metrics)
     model_cls = models.get(run_config.modality)
     data.validate(needs_positions=model_cls.needs_positions)
     data = model_cls.prepare(data, run_config.model)

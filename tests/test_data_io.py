@@ -417,3 +417,21 @@ def test_whole_counts_are_held_as_uint16_and_served_unchanged(small_ptycho, monk
     held = PatternBatches(dataclasses.replace(small_ptycho, patterns=counts, valid=valid),
                           model.propagator, prepare=prepare)
     assert held.patterns.dtype == torch.uint16 and held.patterns.element_size() == 2
+
+
+def test_ground_truth_is_read_only_where_metrics_use_it(tmp_path, small_ptycho,
+                                                        monkeypatch) -> None:
+    path = tmp_path / "scan.cxi"
+    cxi.save(small_ptycho, path)
+    assert diffrecon.load(path).truth is not None
+    assert diffrecon.load(path, truth=False).truth is None
+
+    def unread(*args: object) -> None:
+        raise AssertionError("ground truth read without metrics")
+
+    monkeypatch.setattr(cxi, "_read_truth", unread)
+    result = diffrecon.reconstruct(path, "ptycho", overrides=[
+        "recon.epochs=1", "log.metrics=false", "log.progress=false"])
+    assert result.metrics == {}
+    with pytest.raises(AssertionError, match="without metrics"):
+        diffrecon.reconstruct(path, "ptycho", overrides=["recon.epochs=1", "log.progress=false"])
