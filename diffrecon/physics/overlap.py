@@ -17,7 +17,7 @@ import math
 import torch
 
 from diffrecon.physics.shifts import gather_windows as gather_patches
-from diffrecon.physics.shifts import insert_patches, phase_ramps, shift_modes
+from diffrecon.physics.shifts import insert_patches, phase_ramps, separable_ramps, shift_modes
 
 Tensor = torch.Tensor
 
@@ -29,19 +29,31 @@ def _frequencies(shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _Overlap(torch.autograd.Function):
+    """The ramps come as their two separable factors (B, 1, h, 1) and (B, 1, 1, w), applied by
+    two in-place multiplies: no (B, 1, h, w) ramp tensor lives from the forward to the
+    backward pass. The shifted spectrum is kept only for position gradients. With the early
+    frees in ``backward``, one 32 x 128^2 update holds 8 instead of 12 batch-sized complex
+    arrays at its peak (33 instead of 49 MiB)."""
+
     @staticmethod
-    def forward(ctx, obj: Tensor, probe: Tensor, corners: Tensor, ramps: Tensor | None,
-                shifts_px: Tensor | None) -> Tensor:
+    def forward(ctx, obj: Tensor, probe: Tensor, corners: Tensor,
+                ramps: tuple[Tensor, Tensor] | None, shifts_px: Tensor | None) -> Tensor:
         patches = gather_patches(obj, corners, tuple(probe.shape[-2:]))
-        shifted_spectrum = None if ramps is None else torch.fft.fft2(probe)[None] * ramps
-        shifted = probe[None] if ramps is None else torch.fft.ifft2(shifted_spectrum)
-        ctx.save_for_backward(patches, shifted, corners, ramps, shifted_spectrum)
+        shifted_spectrum = None
+        if ramps is None:
+            shifted = probe[None]
+        else:
+            shifted_spectrum = torch.fft.fft2(probe)[None] * ramps[0]
+            shifted_spectrum *= ramps[1]
+            shifted = torch.fft.ifft2(shifted_spectrum)
+        keep = shifted_spectrum if ctx.needs_input_grad[4] else None
+        ctx.save_for_backward(patches, shifted, corners, *(ramps or (None, None)), keep)
         ctx.object_shape = tuple(obj.shape)
         return patches * shifted
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        patches, shifted, corners, ramps, shifted_spectrum = ctx.saved_tensors
+        patches, shifted, corners, ramp_y, ramp_x, shifted_spectrum = ctx.saved_tensors
         grad_obj = grad_probe = grad_shifts = None
         # Every adjoint multiplies by a conjugate. torch resolves a lazy conj view with a
         # full copy before each multiply, so conjugate the incoming gradient once instead and
@@ -53,14 +65,18 @@ class _Overlap(torch.autograd.Function):
             if weighted.shape[1] > 1:  # a sum over a length-1 dim would be a needless copy
                 weighted = weighted.sum(1, keepdim=True)
             grad_obj = insert_patches(weighted, corners, ctx.object_shape).conj_physical_()
+            del weighted
         if ctx.needs_input_grad[1]:
             weighted = grad_conj * patches  # conj of grad * conj(patches)
-            if ramps is None:
+            del grad_conj
+            if ramp_y is None:
                 grad_probe = weighted.sum(0).conj_physical_()
             else:
                 # adjoint of ifft2(fft2(P) r) is ifft2(sum_b conj(r) fft2(.)); with
                 # fft2(conj(x)) = conj(ifft2(x, norm="forward")) the sum is conj(sum_b r y)
-                spectrum = (ramps * torch.fft.ifft2(weighted, norm="forward")).sum(0)
+                spectra = torch.fft.ifft2(weighted, norm="forward")
+                del weighted
+                spectrum = spectra.mul_(ramp_y).mul_(ramp_x).sum(0)
                 grad_probe = torch.fft.ifft2(spectrum.conj_physical_())
         if ctx.needs_input_grad[4]:
             # d(T_s P)/ds_a = ifft2(fft2(P) r (-2 pi i k_a)); for a real s the vector-Jacobian
@@ -86,8 +102,8 @@ def overlap(obj: Tensor, probe: Tensor, corners: Tensor, shifts_px: Tensor | Non
             gradient with respect to them (position refinement) is computed only when they
             require it; it costs two more batches of FFTs.
     """
-    ramps = None if shifts_px is None else phase_ramps(shifts_px.detach(), probe.shape[-2:],
-                                                       probe.dtype)
+    ramps = None if shifts_px is None else separable_ramps(
+        shifts_px.detach(), probe.shape[-2:], probe.dtype)
     return _Overlap.apply(obj, probe, corners, ramps, shifts_px)
 
 

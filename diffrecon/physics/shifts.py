@@ -123,16 +123,24 @@ def illumination_map(
     return total
 
 
-def phase_ramps(shifts_px: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    """Fourier-shift ramps exp(-2 pi i k.s), shape (B, 1, h, w), uncentred frequency order,
-    for shifts ``shifts_px`` (B, 2) pixels (y, x); separable, so built from two 1D ramps."""
+def separable_ramps(shifts_px: Tensor, shape: tuple[int, int], dtype: torch.dtype
+                    ) -> tuple[Tensor, Tensor]:
+    """The two factors of the Fourier-shift ramps exp(-2 pi i k.s) for shifts ``shifts_px``
+    (B, 2) pixels (y, x), uncentred frequency order: (B, 1, h, 1) and (B, 1, 1, w)."""
     real = shifts_px.dtype
     one = torch.ones((), dtype=real, device=shifts_px.device)
     ky = torch.fft.fftfreq(shape[0], device=shifts_px.device, dtype=real)
     kx = torch.fft.fftfreq(shape[1], device=shifts_px.device, dtype=real)
     ramp_y = torch.polar(one, -2 * math.pi * shifts_px[:, 0, None] * ky).to(dtype)
     ramp_x = torch.polar(one, -2 * math.pi * shifts_px[:, 1, None] * kx).to(dtype)
-    return ramp_y[:, None, :, None] * ramp_x[:, None, None, :]
+    return ramp_y[:, None, :, None], ramp_x[:, None, None, :]
+
+
+def phase_ramps(shifts_px: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """Fourier-shift ramps exp(-2 pi i k.s), shape (B, 1, h, w), uncentred frequency order,
+    for shifts ``shifts_px`` (B, 2) pixels (y, x): the product of ``separable_ramps``."""
+    ramp_y, ramp_x = separable_ramps(shifts_px, shape, dtype)
+    return ramp_y * ramp_x
 
 
 def shift_modes(probe: Tensor, ramps: Tensor | None) -> Tensor:
