@@ -216,3 +216,36 @@ def test_squared_modulus_is_exact_and_differentiable() -> None:
     leaf = field.clone().requires_grad_(True)
     squared_modulus(leaf).sum().backward()
     torch.testing.assert_close(leaf.grad, 2 * field)
+
+
+@pytest.mark.parametrize("position_gradients", [False, True])
+def test_overlap_keeps_two_batch_arrays_for_its_backward(position_gradients):
+    """What the overlap kernel saves for the backward pass: the patches and the shifted probes
+    (two (B, M, h, w) arrays) and the separable ramp factors, plus the shifted spectrum only
+    when the shifts need gradients; its gradients equal plain autograd's."""
+    from diffrecon.physics.overlap import overlap, overlap_autograd
+
+    batch, size = 6, 16
+    obj = random_field((1, 40, 40), seed=1, dtype=torch.complex64).requires_grad_()
+    probe = random_field((1, size, size), seed=2, dtype=torch.complex64).requires_grad_()
+    corners = torch.randint(0, 40 - size, (batch, 2))
+    shifts = torch.rand(batch, 2, requires_grad=position_gradients)
+    saved: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        psi = overlap(obj, probe, corners, shifts)
+    array = batch * size * size * 8  # bytes of one complex64 (B, 1, h, w) array
+    big = sorted(n for n in saved if n >= array)
+    assert big == [array] * (3 if position_gradients else 2)
+    assert sum(saved) - sum(big) < array / 4
+    weights = random_field(psi.shape, seed=3, dtype=torch.complex64)
+    inputs = [obj, probe] + ([shifts] if position_gradients else [])
+    ours = torch.autograd.grad((psi * weights.conj()).real.sum(), inputs)
+    plain = overlap_autograd(obj, probe, corners, shifts)
+    reference = torch.autograd.grad((plain * weights.conj()).real.sum(), inputs)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4)
