@@ -18,9 +18,9 @@ Tensor = torch.Tensor
 class PatternBatches:
     """Serves measured counts (B, H, W) for pattern indices, converted once to native layout.
 
-    ``prepare`` (the likelihood's ``prepare_``) transforms the counts once, in place, e.g. to
-    amplitudes (a callable that returns a new tensor is copied back); masked
-    pixels holding NaN/Inf are zeroed (they never enter the likelihood).
+    ``prepare`` (the likelihood's ``prepare_``) transforms the counts elementwise, in place,
+    e.g. to amplitudes (a callable that returns a new tensor is copied back); masked pixels
+    are zeroed, NaN/Inf included (they never enter the likelihood).
 
     In-memory data are converted block by block (``DiffractionData.blocks``) into one tensor
     on ``device`` (no second full copy); a lazy HDF5 source is read per batch, so memory
