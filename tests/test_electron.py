@@ -333,8 +333,10 @@ def test_simulation_dose_and_truth():
 
 
 def test_reconstruction_improves_error_against_truth():
+    # 12 epochs gave 0.597-0.606 of the start's error, across float rounding orders of the
+    # same arithmetic; the error falls steadily to 0.48x at epoch 20
     data = tiny_stem()
-    config = {"model": {"padding_px": 4}, "recon": {"epochs": 12},
+    config = {"model": {"padding_px": 4}, "recon": {"epochs": 16},
               "log": {"progress": False, "tensorboard": False, "metrics": False}}
     evaluate = truth_evaluator(data.truth)
     before = evaluate(Multislice.from_data(data, MultisliceConfig(padding_px=4)))
