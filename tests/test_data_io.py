@@ -435,3 +435,14 @@ def test_ground_truth_is_read_only_where_metrics_use_it(tmp_path, small_ptycho,
     assert result.metrics == {}
     with pytest.raises(AssertionError, match="without metrics"):
         diffrecon.reconstruct(path, "ptycho", overrides=["recon.epochs=1", "log.progress=false"])
+
+
+def test_summed_counts_read_the_data_once(tmp_path, small_ptycho, monkeypatch) -> None:
+    path = tmp_path / "scan.cxi"
+    cxi.save(small_ptycho, path)
+    expected = np.asarray(small_ptycho.patterns, dtype=np.float64).sum(axis=0)
+    for data in (diffrecon.load(path, lazy=True), diffrecon.load(path)):
+        np.testing.assert_allclose(data.summed_counts(), expected, rtol=1e-12)
+        monkeypatch.setattr(type(data), "blocks", lambda *a, **k: pytest.fail("read twice"))
+        np.testing.assert_allclose(data.summed_counts(), expected, rtol=1e-12)
+        monkeypatch.undo()

@@ -76,6 +76,21 @@ class DiffractionData:
     source: str = "<memory>"
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     angles_rad: np.ndarray | None = None
+    _summed: np.ndarray | None = dataclasses.field(default=None, init=False, repr=False,
+                                                   compare=False)
+
+    def summed_counts(self) -> np.ndarray:
+        """Counts summed over all patterns, (H, W) float64, as stored (masked pixels too).
+
+        One pass over the data, kept for later calls: the probe start and the probe
+        candidates both need it, and a pass over a 2000 x 256^2 gzip file takes 1.2 s. (A
+        copy made with ``dataclasses.replace`` computes its own.)"""
+        if self._summed is None:
+            total = np.zeros(self.frame_shape, dtype=np.float64)
+            for _, block in self.blocks():
+                total += block.sum(axis=0, dtype=np.float64)
+            self._summed = total
+        return self._summed
 
     @property
     def num_patterns(self) -> int:

@@ -110,9 +110,7 @@ def file_probe(data: DiffractionData) -> Tensor | None:
 def mean_pattern(data: DiffractionData) -> Tensor:
     """Mean counts over the scan (H, W), DC-centred, masked pixels filled to keep the total."""
     valid = torch.as_tensor(data.valid_mask())
-    total = torch.zeros(data.frame_shape, dtype=torch.float64)
-    for _, block in data.blocks():
-        total += torch.as_tensor(block).sum(0)
+    total = torch.as_tensor(data.summed_counts())
     mean = torch.where(valid, total / data.num_patterns, 0.0)
     # masked pixels hold no counts: rescale so the probe carries the full mean intensity
     return mean * (total.sum() / data.num_patterns) / mean.sum().clamp(min=1e-30)
