@@ -226,8 +226,9 @@ def run_epoch(model: nn.Module, trained: TrainedNet, source: SampleSource, patch
                 optimizer.step()
             else:
                 scaler.scale(scaled).backward()
-                scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-                _clip(optimizer, fit.clip_grad_norm)
+                if fit.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+                    _clip(optimizer, fit.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
         for name, value in {"total": float(loss.detach()), **terms}.items():
