@@ -228,8 +228,9 @@ def test_overlap_keeps_two_batch_arrays_for_its_backward(position_gradients):
     batch, size = 6, 16
     obj = random_field((1, 40, 40), seed=1, dtype=torch.complex64).requires_grad_()
     probe = random_field((1, size, size), seed=2, dtype=torch.complex64).requires_grad_()
-    corners = torch.randint(0, 40 - size, (batch, 2))
-    shifts = torch.rand(batch, 2, requires_grad=position_gradients)
+    generator = torch.Generator().manual_seed(4)
+    corners = torch.randint(0, 40 - size, (batch, 2), generator=generator)
+    shifts = torch.rand(batch, 2, generator=generator).requires_grad_(position_gradients)
     saved: list[int] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:

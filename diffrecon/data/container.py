@@ -83,8 +83,9 @@ class DiffractionData:
         """Counts summed over all patterns, (H, W) float64, as stored (masked pixels too).
 
         One pass over the data, kept for later calls: the probe start and the probe
-        candidates both need it, and a pass over a 2000 x 256^2 gzip file takes 1.2 s. (A
-        copy made with ``dataclasses.replace`` computes its own.)"""
+        candidates both need it, and a pass over a 2000 x 256^2 gzip file takes 1.2 s. A
+        copy made with ``dataclasses.replace`` computes its own; patterns changed in place
+        after the first call are not seen (replace the data instead)."""
         if self._summed is None:
             total = np.zeros(self.frame_shape, dtype=np.float64)
             for _, block in self.blocks():
