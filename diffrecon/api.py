@@ -34,7 +34,7 @@ from diffrecon.data.simulate import simulators
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, models
 from diffrecon.recon import callbacks as cb
-from diffrecon.recon import distributed
+from diffrecon.recon import distributed, memory_budget
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
 from diffrecon.recon.host_memory import reuse_freed_blocks
@@ -121,7 +121,7 @@ def reconstruct(
     data: DiffractionData | str | Path, modality: str | None = None,
     config: RunConfig | str | Path | dict[str, Any] | None = None, *,
     out: str | Path | None = None, resume: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (), lazy: bool = False,
+    overrides: list[str] | tuple[str, ...] = (), lazy: bool | None = None,
     initial: dict[str, Any] | None = None,
 ) -> Result:
     """Reconstruct ``data`` with the registered ``modality``; write a run folder if ``out``.
@@ -135,7 +135,10 @@ def reconstruct(
         resume: a run folder (or checkpoint.pt) to continue from; its config is used, with
             ``overrides`` on top (e.g. more epochs).
         overrides: ``section.key=value`` strings, as ``--set`` on the command line.
-        lazy: read patterns from the file batch by batch (data larger than memory).
+        lazy: True reads the patterns from the file batch by batch (data larger than
+            memory), False holds them in memory; None (default) holds them in memory when
+            they take at most half of the memory available (host, cgroup or CUDA device),
+            see :mod:`diffrecon.recon.memory_budget`.
         initial: starting values by canonical parameter name (e.g. ``{"object": ...,
             "probe": ...}`` from a network, see ``diffrecon.infer``), each of the model's
             shape; given a probe, the model's own probe candidates are not tried.
@@ -190,7 +193,7 @@ def _set_initial(model: ForwardModel, initial: dict[str, Any]) -> None:
 
 
 def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
-                      out: str | Path | None, lazy: bool,
+                      out: str | Path | None, lazy: bool | None,
                       comm: distributed.Communicator,
                       initial: dict[str, Any] | None = None) -> Result:
     """One reconstruction of validated ``data`` (from ``state`` when resuming)."""
@@ -202,6 +205,8 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
         _set_initial(model, initial)
     comm.broadcast_module(model)  # all ranks start equal whatever their random state
     objective = Objective(run_config.loss, data.num_patterns)
+    if lazy is None:
+        lazy = _fits_in_memory_or_lazy(data, model, device, run_config.recon.compact_counts)
     batches = PatternBatches(data, model.propagator, device, lazy=lazy,
                              prepare=objective.likelihood.prepare_,
                              compact=run_config.recon.compact_counts)
@@ -243,6 +248,20 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     if out_dir is not None:
         _write_run_folder(out_dir, run_config, results, history, metrics)
     return Result(model, results, history, metrics, out_dir, comm.rank)
+
+
+def _fits_in_memory_or_lazy(data: DiffractionData, model: ForwardModel,
+                            device: torch.device, compact: bool) -> bool:
+    """Read the patterns batch by batch when held in memory they would take more than
+    ``memory_budget.DATA_SHARE`` of the memory available on ``device`` (logged)."""
+    shape = tuple(data.patterns.shape)
+    if model.propagator.ndim >= len(shape):  # a 3D volume is one measurement: in memory
+        return False
+    lazy, why = memory_budget.choose_lazy(
+        shape, memory_budget.stored_dtype(data.patterns), memory_budget.available_bytes(device),
+        compact)
+    (log.info if lazy else log.debug)("%s: %s", data.source, why)
+    return lazy
 
 
 def _logger(run_config: RunConfig, out: Path | None) -> Any:

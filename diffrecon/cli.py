@@ -69,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", default=None, help="run folder (default: <data stem>-recon)")
     rec.add_argument("--resume", default=None, help="continue the run in this folder")
     rec.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    rec.add_argument("--lazy", action="store_true", help="read patterns batch by batch")
+    holding = rec.add_mutually_exclusive_group()
+    holding.add_argument("--lazy", dest="lazy", action="store_const", const=True, default=None,
+                         help="read patterns from the file batch by batch (default: when "
+                              "they would take more than half of the available memory)")
+    holding.add_argument("--in-memory", dest="lazy", action="store_const", const=False,
+                         help="hold all patterns in memory, however large")
 
     trn = sub.add_parser("train", parents=[common], help="train an inversion network")
     trn.add_argument("config", nargs="?", default=None, help="training TOML (see README)")

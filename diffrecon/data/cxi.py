@@ -71,7 +71,8 @@ class LazyPatterns:
         self._file = h5py.File(path, "r")
         self._dataset: h5py.Dataset = self._file[key]
         self.shape: tuple[int, ...] = tuple(self._dataset.shape)
-        self.dtype = np.dtype(np.float32)
+        self.dtype = np.dtype(np.float32)  # what reading returns
+        self.stored_dtype = np.dtype(self._dataset.dtype)  # what the file holds
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -22,6 +22,7 @@ from diffrecon.data.dataset import (
 )
 from diffrecon.errors import DivergenceError
 from diffrecon.models.base import ForwardModel
+from diffrecon.recon import memory_budget
 from diffrecon.recon.distributed import Communicator, SingleProcess
 from diffrecon.recon.objective import Objective
 from diffrecon.recon.optim import ParameterPlan
@@ -101,8 +102,7 @@ class Reconstructor:
         self.comm = comm if comm is not None else SingleProcess(batches.device)
         self.algorithm, self.plan, self.config = algorithm, plan, config
         self.callbacks = list(callbacks or [])
-        self.batch_size = config.batch_size or default_batch_size(
-            len(batches), math.prod(batches.frame_shape))
+        self.batch_size = self._batch_size(len(batches), warn=True)
         self.state = algorithm.init_state(model)
         self.history: dict[str, list[float]] = defaultdict(list)
         self.epoch = 0  # next epoch to run
@@ -113,8 +113,29 @@ class Reconstructor:
     def restrict(self, patterns: Tensor) -> None:
         """Run on the patterns ``patterns`` (K,) only, in random batches (short trials)."""
         self.patterns = patterns
-        self.batch_size = self.config.batch_size or default_batch_size(
-            len(patterns), math.prod(self.batches.frame_shape))
+        self.batch_size = self._batch_size(len(patterns))
+
+    def _batch_size(self, count: int, warn: bool = False) -> int:
+        """``recon.batch_size``, or the default for ``count`` patterns capped by the memory
+        available (``memory_budget.batch_limit``; each process holds its share of a batch).
+        With ``warn``, a set size above that cap is logged as a warning."""
+        frame = math.prod(self.batches.frame_shape)
+        available = memory_budget.available_bytes(self.batches.device)
+        limit = memory_budget.batch_limit(frame, available)
+        if limit is not None:
+            limit *= self.comm.world_size
+        size = self.config.batch_size
+        if not size:
+            default = default_batch_size(count, frame)
+            return default if limit is None else min(default, limit)
+        if warn and limit is not None and size > limit:
+            need = memory_budget.update_bytes(size, frame) / self.comm.world_size
+            log.warning(
+                "recon.batch_size=%d: one update needs about %.2f GiB on %s, where %.2f GiB "
+                "are available; it may run out of memory (recon.batch_size=%d or less fits, "
+                "0 chooses)", size, need / 2**30, self.batches.device, available / 2**30,
+                limit)
+        return size
 
     def num_used(self) -> int:
         """Patterns visited per epoch."""
