@@ -28,6 +28,9 @@ MAX_PROBE_MODES = 4
 #: At most this many object slices get a phase panel.
 MAX_SLICES = 8
 COLUMNS = 4
+#: Images wider or taller than this are drawn block-averaged to at most this many pixels per
+#: side (a panel is about 400 pixels wide): a 2435^2 object's report took 820 MiB, not 100.
+MAX_SHOWN = 1024
 #: Lab-frame maps of a volume reconstruction (Bragg CDI): title, colour map, display scale.
 VOLUME_MAPS = {
     "amplitude": ("amplitude (lab frame)", "gray", 1.0),
@@ -70,6 +73,20 @@ def _limits(image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, floa
     return {"vmin": float(low), "vmax": float(high)} if high > low else {}
 
 
+def _reduced(image: np.ndarray, factor: int) -> np.ndarray:
+    """Means over ``factor`` x ``factor`` blocks of the first two axes (any trailing ones, e.g.
+    RGB, kept); edge rows and columns that do not fill a block are dropped."""
+    if factor <= 1:
+        return image
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, *image.shape[2:])
+    return blocks.mean(axis=(1, 3))
+
+
+def _shrink_factor(shape: Sequence[int]) -> int:
+    return max(1, math.ceil(max(shape[:2]) / MAX_SHOWN))
+
+
 def _image(
     ax: Axes,
     image: np.ndarray,
@@ -78,18 +95,29 @@ def _image(
     *,
     mask: np.ndarray | None = None,
     colorbar: bool = True,
+    factor: int = 1,
 ) -> None:
     """Draw one image panel; real images get robust limits from the pixels inside ``mask``.
 
     Pixels outside ``mask`` (shape of ``image``) are drawn dimmed so they stay visible but do
-    not set the colour scale.
+    not set the colour scale. Each pixel of ``image`` stands for ``factor`` x ``factor``
+    original pixels (an image reduced by the caller): axes keep original pixel coordinates.
+    An image larger than ``MAX_SHOWN`` per side is block-averaged here.
     """
+    extra = _shrink_factor(image.shape)
+    if extra > 1:
+        image = _reduced(image, extra)
+        mask = None if mask is None else _reduced(mask.astype(np.float32), extra) > 0.5
+        factor *= extra
+    extent = None if factor == 1 else (
+        -0.5, image.shape[1] * factor - 0.5, image.shape[0] * factor - 0.5, -0.5)
     real = image.ndim == 2
-    shown = ax.imshow(image, cmap=cmap if real else None, **(_limits(image, mask) if real else {}))
+    shown = ax.imshow(image, cmap=cmap if real else None, extent=extent,
+                      **(_limits(image, mask) if real else {}))
     if mask is not None and not mask.all():
-        shade = np.zeros((*mask.shape, 4))
+        shade = np.zeros((*mask.shape, 4), dtype=np.float32)
         shade[..., 3] = np.where(mask, 0.0, 0.6)
-        ax.imshow(shade)
+        ax.imshow(shade, extent=extent)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -113,10 +141,20 @@ def _illuminated(
 
 
 def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
-    """Amplitude and phase of slice 0, summed phase (S > 1) and scan positions."""
+    """Amplitude and phase of slice 0, summed phase (S > 1) and scan positions. An object
+    larger than ``MAX_SHOWN`` per side is shown block-averaged (complex means: the phase of
+    the mean, not the mean of wrapped phases)."""
     obj = np.asarray(results["object"])
     obj = obj.reshape(-1, *obj.shape[-2:])
-    box, mask = _illuminated(results, obj.shape[-2:])
+    full_box, full_mask = _illuminated(results, obj.shape[-2:])
+    factor = _shrink_factor(obj.shape[-2:])
+    if factor > 1:
+        obj = np.stack([_reduced(layer, factor) for layer in obj])
+    mask = box = None
+    if full_mask is not None:
+        mask = _reduced(full_mask.astype(np.float32), factor) > 0.5 if factor > 1 else full_mask
+        box = _bounding_box(mask) if factor > 1 else full_box
+    box = box or (slice(None), slice(None))
     inside = None if mask is None else mask[box]
     first, summed = obj[0][box], np.angle(obj).sum(0)[box]
     panels: list[Panel] = [
@@ -134,13 +172,20 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
             )
         )
     if "positions_px" in results:
-        panels.append(lambda ax: _scan(ax, results, np.abs(obj[0]), mask))
+        panels.append(lambda ax: _scan(ax, results, np.abs(obj[0]), mask, factor))
     if obj.shape[0] > 1:  # multislice: the phase of every slice (at most 8), on one scale
         phases = np.angle(obj)[(slice(None), *box)]
         limits = _limits(phases, None if inside is None else np.broadcast_to(inside, phases.shape))
         panels += [(lambda ax, s=s: _slice(ax, phases[s], f"slice {s} phase (rad)", limits))
                    for s in range(min(obj.shape[0], MAX_SLICES))]
     return panels
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
@@ -194,15 +239,19 @@ def _aberration_panel(results: Mapping[str, Any]) -> Panel:
 
 
 def _scan(
-    ax: Axes, results: Mapping[str, Any], amplitude: np.ndarray, mask: np.ndarray | None
+    ax: Axes, results: Mapping[str, Any], amplitude: np.ndarray, mask: np.ndarray | None,
+    factor: int = 1,
 ) -> None:
     """Scan positions over the full object amplitude; initial ones and displacements if given.
 
     With a ``probe`` present, positions are probe-window corners and are drawn at the window
-    centre (corner + probe shape // 2); otherwise they are drawn as given.
+    centre (corner + probe shape // 2); otherwise they are drawn as given. ``amplitude`` may
+    be block-averaged by ``factor`` (positions stay in object pixels).
     """
     count = len(np.asarray(results["positions_px"]).reshape(-1, 2))
-    _image(ax, amplitude, f"scan positions ({count})", mask=mask, colorbar=False)
+    _image(ax, amplitude, f"scan positions ({count})", mask=mask, colorbar=False,
+           factor=factor)
+    factor *= _shrink_factor(amplitude.shape)
     offset = np.zeros(2)
     if "probe" in results:
         offset = np.asarray(np.shape(results["probe"])[-2:]) // 2
@@ -221,8 +270,8 @@ def _scan(
     ax.plot(end[:, 1], end[:, 0], ".", color="tab:cyan", ms=2, label="refined")
     if "positions_initial_px" in results:
         ax.legend(fontsize=7, loc="upper right", markerscale=3)
-    ax.set_xlim(-0.5, amplitude.shape[1] - 0.5)
-    ax.set_ylim(amplitude.shape[0] - 0.5, -0.5)
+    ax.set_xlim(-0.5, amplitude.shape[1] * factor - 0.5)
+    ax.set_ylim(amplitude.shape[0] * factor - 0.5, -0.5)
 
 
 def _probe_panels(results: Mapping[str, Any]) -> list[Panel]:
@@ -284,7 +333,8 @@ def _curve_panels(history: Mapping[str, Sequence[float]]) -> list[Panel]:
         def draw_loss(ax: Axes) -> None:
             epochs = np.arange(1, loss.size + 1)
             keep = np.isfinite(loss) & (loss > 0)
-            ax.semilogy(epochs[keep], loss[keep])
+            # a marker where a line cannot show (a single epoch)
+            ax.semilogy(epochs[keep], loss[keep], marker="o" if keep.sum() < 2 else None, ms=3)
             ax.set_xlabel("epoch")
             ax.set_title("loss", fontsize=9)
 

@@ -36,28 +36,45 @@ def test_meminfo_available_is_read_in_bytes(tmp_path):
     assert mb._meminfo_available(tmp_path / "absent") is None
 
 
-def test_cgroup_v2_headroom_counts_reclaimable_cache(tmp_path):
-    (tmp_path / "memory.max").write_text(f"{8 * GIB}\n")
-    (tmp_path / "memory.current").write_text(f"{3 * GIB}\n")
-    (tmp_path / "memory.stat").write_text(f"anon {2 * GIB}\ninactive_file {GIB}\n")
-    assert mb._cgroup_available(tmp_path) == 6 * GIB
-    (tmp_path / "memory.max").write_text("max\n")  # no limit
-    assert mb._cgroup_available(tmp_path) is None
+def _proc_cgroup(tmp_path: Path, text: str) -> Path:
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(text)
+    return proc
 
 
-def test_cgroup_v1_limit_and_its_no_limit_value(tmp_path):
-    v1 = tmp_path / "memory"
-    v1.mkdir()
-    (v1 / "memory.limit_in_bytes").write_text(f"{4 * GIB}\n")
-    (v1 / "memory.usage_in_bytes").write_text(f"{GIB}\n")
-    (v1 / "memory.stat").write_text(f"total_inactive_file {GIB // 2}\n")
-    assert mb._cgroup_available(tmp_path) == 3 * GIB + GIB // 2
-    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
-    assert mb._cgroup_available(tmp_path) is None
-    # over the limit (usage counted with cache): never negative
-    (v1 / "memory.limit_in_bytes").write_text(f"{GIB}\n")
-    (v1 / "memory.usage_in_bytes").write_text(f"{3 * GIB}\n")
-    assert mb._cgroup_available(tmp_path) == 0
+def test_cgroup_v2_headroom_of_the_own_group_counts_reclaimable_cache(tmp_path):
+    root = tmp_path / "cgroup"
+    job = root / "user.slice" / "job"
+    job.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")  # a pure v2 mount
+    (job / "memory.max").write_text(f"{8 * GIB}\n")
+    (job / "memory.current").write_text(f"{3 * GIB}\n")
+    (job / "memory.stat").write_text(f"anon {2 * GIB}\ninactive_file {GIB}\n")
+    proc = _proc_cgroup(tmp_path, "0::/user.slice/job\n")
+    assert mb._cgroup_available(root, proc) == 6 * GIB
+    (job / "memory.max").write_text("max\n")  # no limit
+    assert mb._cgroup_available(root, proc) is None
+    assert mb._cgroup_available(root, tmp_path / "absent") is None  # not Linux
+
+
+def test_cgroup_v1_takes_the_tightest_level_of_the_own_hierarchy(tmp_path):
+    root = tmp_path / "cgroup"
+    job = root / "memory" / "slurm" / "job_7"
+    step = job / "step_0"
+    step.mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (root / "memory" / "memory.usage_in_bytes").write_text(f"{20 * GIB}\n")
+    (job / "memory.limit_in_bytes").write_text(f"{4 * GIB}\n")  # the job's limit
+    (job / "memory.usage_in_bytes").write_text(f"{GIB}\n")
+    (job / "memory.stat").write_text(f"total_inactive_file {GIB // 2}\n")
+    (step / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    (step / "memory.usage_in_bytes").write_text(f"{GIB}\n")
+    proc = _proc_cgroup(tmp_path, "5:cpu,cpuacct:/slurm\n4:memory:/slurm/job_7/step_0\n0::/\n")
+    assert mb._cgroup_available(root, proc) == 3 * GIB + GIB // 2
+    (job / "memory.limit_in_bytes").write_text(f"{GIB}\n")  # usage (with cache) over it
+    (job / "memory.usage_in_bytes").write_text(f"{3 * GIB}\n")
+    (job / "memory.stat").write_text("total_inactive_file 0\n")
+    assert mb._cgroup_available(root, proc) == 0  # never negative
 
 
 def test_available_host_memory_is_the_tightest_bound_shared_by_local_processes(monkeypatch):

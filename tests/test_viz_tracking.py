@@ -138,3 +138,59 @@ def test_null_logger_accepts_everything():
         same.hparams({"epochs": 1}, {"final/loss/total": 0.0})
         same.flush()
     logger.close()
+
+
+def test_block_means_of_a_reduced_image():
+    from diffrecon.viz import _reduced
+
+    image = np.arange(7 * 9, dtype=np.float64).reshape(7, 9)
+    shown = _reduced(image, 3)  # the last row (7 = 2 * 3 + 1) does not fill a block
+    assert shown.shape == (2, 3)
+    assert shown[1, 2] == pytest.approx(image[3:6, 6:9].mean())
+    z = _field((6, 6))
+    assert _reduced(z, 2)[0, 0] == pytest.approx(z[:2, :2].mean())  # complex means
+    rgb = np.random.default_rng(0).uniform(size=(4, 4, 3))
+    assert _reduced(rgb, 2).shape == (2, 2, 3)
+    assert _reduced(image, 1) is image
+
+
+def test_large_object_is_drawn_reduced_in_object_pixel_coordinates(tmp_path):
+    """A 2500^2 object (a 2000-position scan) is drawn block-averaged, at most MAX_SHOWN
+    pixels per side, with axes and scan positions still in object pixels; the report's
+    numpy memory stays far below a full-resolution RGBA shade (2500^2 x 4 float64 = 191 MiB)."""
+    import tracemalloc
+
+    from matplotlib.figure import Figure
+
+    from diffrecon.viz import MAX_SHOWN, _object_panels
+
+    n = 2500
+    obj = np.ones((n, n), np.complex64) * np.exp(0.3j)
+    obj[: n // 2] *= 0.5  # top half darker
+    illumination = np.zeros((n, n), np.float32)
+    illumination[100:2300, 200:2400] = 1.0
+    positions = np.array([[100.0, 200.0], [2100.0, 2200.0]])
+    results = {"object": obj, "illumination": illumination, "positions_px": positions,
+               "probe": _field((1, 64, 64))}
+    figure = Figure()
+    panels = _object_panels(results)
+    axes = [figure.add_subplot(1, len(panels), k + 1) for k in range(len(panels))]
+    for draw, ax in zip(panels, axes, strict=True):
+        draw(ax)
+    amplitude, phase, scan = axes
+    shown = amplitude.images[0].get_array()
+    assert max(shown.shape) <= MAX_SHOWN
+    assert np.nanmax(shown) == pytest.approx(1.0) and np.nanmin(shown) == pytest.approx(0.5)
+    assert np.allclose(phase.images[0].get_array(), 0.3, atol=1e-5)  # phase of the means
+    left, right, bottom, top = scan.images[0].get_extent()
+    assert (left, top) == (-0.5, -0.5) and right >= n - 3 and bottom >= n - 3
+    assert scan.get_xlim() == pytest.approx((-0.5, right))
+    centres = scan.lines[-1].get_xydata()  # refined positions, window centres, object pixels
+    np.testing.assert_allclose(centres, positions[:, ::-1] + 32)
+
+    tracemalloc.start()
+    save_report(tmp_path / "large.png", results, {"loss": [2.0, 1.0]})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 120 * 2**20, f"{peak / 2**20:.0f} MiB traced"
+    _check_png(tmp_path / "large.png")

@@ -61,19 +61,48 @@ def _reclaimable(stat: Path, key: str) -> int:
     return 0
 
 
-def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """What the process's memory cgroup still allows (limit - usage + reclaimable cache),
-    in bytes, or None without a limit. cgroup v2 (``memory.max``) or v1 (``memory/``)."""
-    for limit_file, usage_file, stat_file, cache_key in (
-        (root / "memory.max", root / "memory.current", root / "memory.stat", "inactive_file"),
-        (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes",
-         root / "memory" / "memory.stat", "total_inactive_file"),
-    ):
-        limit, usage = _read_number(limit_file), _read_number(usage_file)
-        if limit is None or usage is None or limit >= _UNLIMITED:
-            continue
-        return max(0, limit - usage + _reclaimable(stat_file, cache_key))
+def _memory_cgroup(proc: Path, root: Path) -> tuple[Path, Path] | None:
+    """This process's memory cgroup directory and its hierarchy's mount point, from
+    ``/proc/self/cgroup``: the v1 ``memory`` controller's, else the v2 unified one's."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # v1: "4:memory:/path"
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if "memory" in controllers.split(","):
+            return root / "memory" / path.lstrip("/"), root / "memory"
+    for line in lines:  # v2: "0::/path", mounted at the root (or, hybrid, at root/unified)
+        if line.startswith("0::"):
+            mount = root if (root / "cgroup.controllers").exists() else root / "unified"
+            return mount / line[3:].lstrip("/"), mount
     return None
+
+
+def _cgroup_available(root: Path = Path("/sys/fs/cgroup"),
+                      proc: Path = Path("/proc/self/cgroup")) -> int | None:
+    """What this process's memory cgroup and its ancestors still allow (the smallest
+    limit - usage + reclaimable page cache over the levels that set a limit), in bytes, or
+    None without a limit: a batch job's (Slurm) or a container's memory limit. cgroup v2
+    (``memory.max``) or v1 (``memory.limit_in_bytes``)."""
+    found = _memory_cgroup(proc, root)
+    if found is None:
+        return None
+    directory, mount = found
+    headroom: list[int] = []
+    while True:
+        for limit_name, usage_name, cache_key in (
+                ("memory.max", "memory.current", "inactive_file"),
+                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")):
+            limit = _read_number(directory / limit_name)
+            usage = _read_number(directory / usage_name)
+            if limit is not None and usage is not None and limit < _UNLIMITED:
+                cache = _reclaimable(directory / "memory.stat", cache_key)
+                headroom.append(max(0, limit - usage + cache))
+        if directory == mount or mount not in directory.parents:
+            break
+        directory = directory.parent
+    return min(headroom) if headroom else None
 
 
 def _sysconf_available() -> int | None:
