@@ -218,18 +218,21 @@ def test_squared_modulus_is_exact_and_differentiable() -> None:
     torch.testing.assert_close(leaf.grad, 2 * field)
 
 
+@pytest.mark.parametrize("object_px", [40, 24])  # batch of patches smaller / larger
 @pytest.mark.parametrize("position_gradients", [False, True])
-def test_overlap_keeps_two_batch_arrays_for_its_backward(position_gradients):
+def test_overlap_keeps_two_batch_arrays_for_its_backward(position_gradients, object_px):
     """What the overlap kernel saves for the backward pass: the patches and the shifted probes
     (two (B, M, h, w) arrays) and the separable ramp factors, plus the shifted spectrum only
-    when the shifts need gradients; its gradients equal plain autograd's."""
+    when the shifts need gradients; its gradients equal plain autograd's, whether the object
+    gradient is conjugated before (small batch) or after (small object) the insertion."""
     from diffrecon.physics.overlap import overlap, overlap_autograd
 
     batch, size = 6, 16
-    obj = random_field((1, 40, 40), seed=1, dtype=torch.complex64).requires_grad_()
+    obj = random_field((1, object_px, object_px), seed=1,
+                       dtype=torch.complex64).requires_grad_()
     probe = random_field((1, size, size), seed=2, dtype=torch.complex64).requires_grad_()
     generator = torch.Generator().manual_seed(4)
-    corners = torch.randint(0, 40 - size, (batch, 2), generator=generator)
+    corners = torch.randint(0, object_px - size, (batch, 2), generator=generator)
     shifts = torch.rand(batch, 2, generator=generator).requires_grad_(position_gradients)
     saved: list[int] = []
 

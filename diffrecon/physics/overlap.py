@@ -64,7 +64,13 @@ class _Overlap(torch.autograd.Function):
             weighted = grad_conj * shifted
             if weighted.shape[1] > 1:  # a sum over a length-1 dim would be a needless copy
                 weighted = weighted.sum(1, keepdim=True)
-            grad_obj = insert_patches(weighted, corners, ctx.object_shape).conj_physical_()
+            # conj(sum of patches) = sum of conj(patches): conjugate the smaller of the two
+            # (2000 x 256^2 scan: batches of 16 x 256^2 against a 2435 x 2440 object, 6x less
+            # memory traffic; at 32 x 128^2 on a 638 x 640 object the object is smaller)
+            if weighted.numel() < math.prod(ctx.object_shape):
+                grad_obj = insert_patches(weighted.conj_physical_(), corners, ctx.object_shape)
+            else:
+                grad_obj = insert_patches(weighted, corners, ctx.object_shape).conj_physical_()
             del weighted
         if ctx.needs_input_grad[1]:
             weighted = grad_conj * patches  # conj of grad * conj(patches)
