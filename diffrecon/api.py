@@ -368,4 +368,9 @@ def inspect(path: str | Path, modality: str = "ptycho") -> str:
     model_cls = models.get(modality)
     data.validate(needs_positions=model_cls.needs_positions)
     extra = model_cls.describe(data)
+    if data.positions_m is not None:  # a scan: held in memory or read batch by batch
+        _, why = memory_budget.choose_lazy(
+            tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns),
+            memory_budget.available_bytes("cpu"))
+        extra = "\n".join(filter(None, [extra, f"memory:           {why}"]))
     return cxi.inspect_text(data) + (f"\n{extra}" if extra else "") + "\nvalidation: OK"

@@ -75,6 +75,7 @@ def test_inspect_summarises_and_validates(good_file, capsys):
     assert main(["inspect", str(good_file)]) == 0
     out = capsys.readouterr().out
     assert f"{PATTERNS} frames of 32 x 32 pixels" in out
+    assert "memory:           patterns held in memory (0.1 MiB of" in out
     assert out.rstrip().endswith("validation: OK")
 
 
