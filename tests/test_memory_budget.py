@@ -185,6 +185,12 @@ def test_a_file_larger_than_the_memory_share_is_read_batch_by_batch(
     diffrecon.reconstruct(path, "ptycho", overrides=overrides, lazy=False)
     assert made and not any(made)
 
+    made.clear()  # patterns already in an array: served from it, not copied
+    from_array = diffrecon.reconstruct(small_ptycho, "ptycho", overrides=overrides)
+    assert made and all(made)
+    np.testing.assert_allclose(from_array.results["object"], roomy.results["object"],
+                               rtol=0, atol=1e-6)
+
 
 def test_default_batch_is_capped_by_memory_and_a_set_one_warned(small_ptycho, monkeypatch,
                                                                 caplog):
