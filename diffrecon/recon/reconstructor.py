@@ -118,7 +118,9 @@ class Reconstructor:
     def _batch_size(self, count: int, warn: bool = False) -> int:
         """``recon.batch_size``, or the default for ``count`` patterns capped by the memory
         available (``memory_budget.batch_limit``; each process holds its share of a batch).
-        With ``warn``, a set size above that cap is logged as a warning."""
+        With ``warn``, a set size above that cap is logged as a warning. Data-parallel runs
+        keep the uncapped default: every process must draw the same batches, and their
+        available memory differs."""
         frame = math.prod(self.batches.frame_shape)
         available = memory_budget.available_bytes(self.batches.device)
         limit = memory_budget.batch_limit(frame, available)
@@ -127,7 +129,7 @@ class Reconstructor:
         size = self.config.batch_size
         if not size:
             default = default_batch_size(count, frame)
-            return default if limit is None else min(default, limit)
+            return default if limit is None or self.comm.world_size > 1 else min(default, limit)
         if warn and limit is not None and size > limit:
             need = memory_budget.update_bytes(size, frame) / self.comm.world_size
             log.warning(
