@@ -65,6 +65,18 @@ def test_ratios_and_table_report_failures_with_their_reason(bench) -> None:
     assert "x scan" in table.splitlines()[0]
     assert table.splitlines()[2].split()[4:6] == ["4.0", "2.0"]  # x floor, x scan
     assert "5.7x faster" in harness.format_ratios(list(ratios.values()))
+    # peerB stopped at NRMSE 0.2 (after 10 s); we were there after epoch 2 (1 + 1 + 2 s)
+    best = ratios["peerB"]["at_best"]
+    assert best["nrmse"] == 0.2 and best["peer_s"] == 10.0 and best["ours_s"] == 4.0
+    assert best["ratio"] == pytest.approx(0.4)
+    text = harness.format_ratios(list(ratios.values()))
+    assert "at peerB's best NRMSE 0.200: diffrecon 4.0 s, peerB 10.0 s" in text
+    assert "2.5x faster" in text and "at_best" not in ratios["peerC"]
+    worse = harness.summarize("ptycho", "diffrecon", [1.0] * 3, [3], [0.5])
+    best = harness.peer_ratios([worse, slow])[0]["at_best"]
+    assert best["ours_s"] is None and best["ratio"] is None
+    assert "did not reach peerB's best NRMSE 0.200" in harness.format_ratios(
+        harness.peer_ratios([worse, slow]))
 
 
 def test_handoff_reads_what_diffrecon_writes(bench, small_ptycho, tmp_path: Path) -> None:

@@ -73,7 +73,19 @@ def summarize(
         "peak_mb": peak_mb, "setup_s": setup_s,
         "epochs_to_target": epoch, "time_to_target_s": seconds,
         "final_nrmse": finite[-1] if finite else None, "note": note,
+        "curve": {"epochs": [int(e) for e in snapshot_epochs],
+                  "errors": [float(e) for e in errors],
+                  "epoch_seconds": [float(t) for t in epoch_seconds]},
     }
+
+
+def time_to(row: dict[str, Any], target: float) -> float | None:
+    """Seconds (set-up included) a row's package took to reach NRMSE ``target``, or None."""
+    curve = row.get("curve")
+    if not curve:
+        return None
+    return time_to_target(curve["epochs"], curve["errors"], curve["epoch_seconds"],
+                          row.get("setup_s") or 0.0, target)[1]
 
 
 def failed(case: str, package: str, reason: str) -> dict[str, Any]:
@@ -95,7 +107,9 @@ def peer_ratios(rows: Sequence[dict[str, Any]], ours: str = OURS) -> list[dict[s
     """Our time to the target divided by each peer's, per case (< 1: we are faster).
 
     A peer that failed or never reached the target gets ``ratio`` None and a reason; so does
-    every peer when we did not reach it ourselves.
+    every peer when we did not reach it ourselves. A peer that ran but stopped short of the
+    target is also compared at the best NRMSE it did reach: ``at_best`` holds that NRMSE, the
+    seconds each package took to get there and their ratio (None where we never got there).
     """
     out = []
     for case in dict.fromkeys(row["case"] for row in rows):
@@ -110,9 +124,22 @@ def peer_ratios(rows: Sequence[dict[str, Any]], ours: str = OURS) -> list[dict[s
             elif mine is None or mine["time_to_target_s"] is None:
                 reason = f"{ours} did not reach the target"
             ratio = None if reason else mine["time_to_target_s"] / peer["time_to_target_s"]
-            out.append({"case": case, "peer": peer["package"], "ratio": ratio,
-                        "reason": reason})
+            item = {"case": case, "peer": peer["package"], "ratio": ratio, "reason": reason}
+            if ratio is None and peer["status"] == "ok" and mine is not None:
+                item["at_best"] = _at_best(mine, peer)
+            out.append(item)
     return out
+
+
+def _at_best(mine: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any] | None:
+    """Both packages' time to the best NRMSE the peer reached (our time / theirs)."""
+    errors = [e for e in (peer.get("curve") or {}).get("errors", []) if math.isfinite(e)]
+    if not errors:
+        return None
+    best = min(errors)
+    theirs, ours = time_to(peer, best), time_to(mine, best)
+    return {"nrmse": best, "peer_s": theirs, "ours_s": ours,
+            "ratio": ours / theirs if ours is not None and theirs else None}
 
 
 def _cell(value: Any, form: str) -> str:
@@ -147,6 +174,16 @@ def format_ratios(ratios: Sequence[dict[str, Any]], ours: str = OURS) -> str:
         if item["ratio"] is None:
             lines.append(f"{item['case']}: {ours} / {item['peer']} time to target: n/a "
                          f"({item['reason']})")
+            best = item.get("at_best")
+            if best and best["ratio"] is not None:
+                lines.append(
+                    f"  at {item['peer']}'s best NRMSE {best['nrmse']:.3f}: {ours} "
+                    f"{best['ours_s']:.1f} s, {item['peer']} {best['peer_s']:.1f} s "
+                    f"(ratio {best['ratio']:.3f}, {1 / best['ratio']:.1f}x "
+                    f"{'faster' if best['ratio'] < 1 else 'slower'})")
+            elif best:
+                lines.append(f"  {ours} did not reach {item['peer']}'s best NRMSE "
+                             f"{best['nrmse']:.3f}")
         else:
             lines.append(f"{item['case']}: {ours} / {item['peer']} time to target = "
                          f"{item['ratio']:.3f} ({1 / item['ratio']:.1f}x "
