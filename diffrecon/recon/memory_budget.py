@@ -10,8 +10,9 @@ device it is the device's free memory.
 
 The minibatch size chosen by default is capped so that one update's intermediates (about
 ``UPDATE_ARRAYS`` complex64 arrays of the batch's frames) take at most ``BATCH_SHARE`` of the
-memory available; a batch size set by the user that would exceed it gets a warning naming
-``recon.batch_size`` before the run starts, not an out-of-memory error halfway.
+memory available (single-process runs: torchrun processes must draw the same batches); a
+batch size set by the user that would exceed it gets a warning naming ``recon.batch_size``
+before the run starts, not an out-of-memory error halfway.
 """
 
 from __future__ import annotations
