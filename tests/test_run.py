@@ -146,3 +146,42 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_slow_truth_metrics_are_reported_once_with_a_spacing(caplog):
+    """A comparison with the truth slower than the epochs before it gets one log line with a
+    metric_every that keeps it to about a fifth of the run; a fast one gets none."""
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from diffrecon.recon.callbacks import Metrics
+
+    def slow(_model):
+        time.sleep(0.2)
+        return {"nrmse": 0.5}
+
+    from collections import defaultdict
+
+    run = SimpleNamespace(model=None, config=SimpleNamespace(epochs=20),
+                          history=defaultdict(list))  # as Reconstructor.history
+    metrics = Metrics(slow, every=2)
+    with caplog.at_level(logging.INFO, logger="diffrecon"):
+        for epoch in range(6):
+            run.history["loss/total"].append(1.0)
+            run.history["time/epoch_s"].append(0.01)
+            metrics.on_epoch_end(run, epoch, {})
+    lines = [r.getMessage() for r in caplog.records if "ground truth took" in r.getMessage()]
+    assert len(lines) == 1  # once, not at every evaluation
+    spacing = int(lines[0].split("log.metric_every=")[1].split()[0])
+    assert 80 <= spacing <= 200  # 4 x 0.2 s x 2 epochs / 0.02 s = 80, sleep may overrun
+    assert run.history["metric/nrmse"][1] == 0.5 and np.isnan(run.history["metric/nrmse"][0])
+
+    caplog.clear()
+    fast = Metrics(lambda _model: {"nrmse": 0.5}, every=2)
+    with caplog.at_level(logging.INFO, logger="diffrecon"):
+        for epoch in range(6, 10):
+            run.history["loss/total"].append(1.0)
+            run.history["time/epoch_s"].append(0.5)
+            fast.on_epoch_end(run, epoch, {})
+    assert not [r for r in caplog.records if "ground truth took" in r.getMessage()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,18 +48,26 @@ class Metrics:
     """Every ``every`` epochs, record ``evaluate(model) -> {name: value}`` as ``metric/<name>``.
 
     Used with ground truth (simulated data); history holds NaN on epochs not evaluated, so
-    every history entry stays one value per epoch.
+    every history entry stays one value per epoch. The comparison aligns the whole object in
+    complex128 (2435 x 2440 pixels: 24 s and 1.2 GiB on 2 cores); when one takes longer than
+    the epochs since the previous one, a log line says so once, with the settings that space
+    them out or turn them off.
     """
 
     def __init__(self, evaluate: Callable[[Any], dict[str, float]], every: int = 5) -> None:
         self.evaluate, self.every = evaluate, every
+        self._told = False
 
     def on_start(self, run: Reconstructor) -> None:
         pass
 
     def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
         last = epoch + 1 == run.config.epochs
-        values = self.evaluate(run.model) if (epoch + 1) % self.every == 0 or last else {}
+        values = {}
+        if (epoch + 1) % self.every == 0 or last:
+            started = time.perf_counter()
+            values = self.evaluate(run.model)
+            self._tell_if_slow(time.perf_counter() - started, run)
         names = set(values) | {k.split("/", 1)[1] for k in run.history if k.startswith("metric/")}
         epochs_done = len(run.history["loss/total"])
         for name in names:
@@ -70,6 +80,16 @@ class Metrics:
 
     def on_end(self, run: Reconstructor) -> None:
         pass
+
+    def _tell_if_slow(self, seconds: float, run: Reconstructor) -> None:
+        epochs = run.history.get("time/epoch_s", [])[-self.every:]
+        if self._told or not epochs or seconds <= sum(epochs):
+            return
+        self._told = True
+        spaced = math.ceil(4 * seconds * len(epochs) / sum(epochs))  # a fifth of the time
+        log.info("comparing with the ground truth took %.1f s, more than the %.1f s of the "
+                 "%d epochs before it; log.metric_every=%d spaces it out, log.metrics=false "
+                 "turns it off", seconds, sum(epochs), len(epochs), spaced)
 
 
 class TensorBoard:
