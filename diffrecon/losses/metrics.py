@@ -57,7 +57,10 @@ def _dft_peak(
             zoom = array
             for c, x in zip(coords, points, strict=True):
                 kernel = torch.exp(sign * 2j * math.pi * torch.outer(c, x))
-                zoom = torch.tensordot(zoom, kernel, dims=([0], [0]))  # moves axis to the end
+                # contract the leading axis as kernel^T @ (n, rest): no transposed copy of the
+                # field (tensordot made one per call); the new axis then moves to the end
+                zoom = (kernel.T @ zoom.reshape(len(c), -1)).reshape(
+                    len(x), *zoom.shape[1:]).movedim(0, -1)
             values = values + zoom.abs()
         index = np.unravel_index(int(torch.argmax(values)), values.shape)
         peak = torch.stack([x[i] for x, i in zip(points, index, strict=True)])
@@ -65,29 +68,36 @@ def _dft_peak(
     return peak
 
 
-def _axis_sum(vectors: list[Tensor]) -> Tensor:
-    """sum_a vectors[a] broadcast along axis a: shape (len(v0), len(v1), ...)."""
-    total = torch.zeros((), dtype=torch.float64, device=vectors[0].device)
-    for axis, vector in enumerate(vectors):
-        total = total + vector.reshape([-1 if a == axis else 1 for a in range(len(vectors))])
-    return total
+def _times_plane_wave(field: Tensor, cycles: list[Tensor]) -> Tensor:
+    """``field`` times exp(2i*pi*sum_a cycles[a]), cycles[a] a vector along axis a, in place.
+
+    The plane wave is separable, so it is applied as one 1-D factor per axis: no field-sized
+    phase or exponential is formed (a 2435 x 2440 object: 135 MiB less per use)."""
+    for axis, phase in enumerate(cycles):
+        factor = torch.polar(torch.ones_like(phase), 2 * math.pi * phase)
+        field.mul_(factor.reshape([-1 if a == axis else 1 for a in range(field.ndim)]))
+    return field
 
 
 def _fourier_shift(field: Tensor, shift: Tensor) -> Tensor:
     """Circularly translate ``field`` (all axes) by ``shift`` pixels: out(r) = field(r - shift)."""
     k = [torch.fft.fftfreq(n, dtype=torch.float64, device=field.device) for n in field.shape]
-    phase = -2 * math.pi * _axis_sum([s * f for s, f in zip(shift, k, strict=True)])
-    return torch.fft.ifftn(torch.fft.fftn(field) * torch.polar(torch.ones_like(phase), phase))
+    spectrum = _times_plane_wave(torch.fft.fftn(field), [-s * f for s, f in zip(shift, k,
+                                                                              strict=True)])
+    return torch.fft.ifftn(spectrum)
 
 
-def _structure(field: Tensor, weights: Tensor) -> Tensor:
-    """``field`` minus its weighted mean, times the weights: what a correlation should see.
+def _structure(field: Tensor, weights: Tensor | None) -> Tensor:
+    """``field`` minus its weighted mean, times the weights (None: all ones): what a
+    correlation should see (a new tensor).
 
     Without this a nearly uniform object (a weak phase object, an unilluminated border at 1)
     correlates like its mask, whose broad peak can sit pixels away from the true shift.
     """
+    if weights is None:
+        return field - field.mean()
     mean = (weights * field).sum() / weights.sum().clamp_min(1e-300)
-    return weights * (field - mean)
+    return (field - mean).mul_(weights)
 
 
 def _estimate_shift(
@@ -99,16 +109,25 @@ def _estimate_shift(
     With ``ramp_free`` the fields correlated are the neighbour products x(r) conj(x(r + e_a)),
     which a linear phase ramp changes only by a constant phase, so a steep ramp cannot hide the
     correlation peak.
+
+    Each field is made, transformed and dropped in turn (with the other changes of that step,
+    aligning a 2435 x 2440 object on 2 cores: 1.18 -> 0.79 GiB added, 24 -> 12 s).
     """
-    pairs = [(truth, estimate)]
-    if ramp_free:
-        pairs = [
-            (truth * torch.roll(truth, -1, a).conj(), estimate * torch.roll(estimate, -1, a).conj())
-            for a in range(truth.ndim)
-        ]
-    ones = torch.ones_like(weights)
-    pairs = [(_structure(t, weights), _structure(e, ones)) for t, e in pairs]
-    spectra = [torch.fft.fftn(t) * torch.fft.fftn(e).conj() for t, e in pairs]
+    def spectrum(field: Tensor, field_weights: Tensor | None) -> Tensor:
+        return torch.fft.fftn(_structure(field, field_weights))
+
+    def neighbours(x: Tensor, axis: int) -> Tensor:
+        return x * torch.roll(x, -1, axis).conj()
+
+    spectra = []
+    for axis in range(truth.ndim) if ramp_free else [None]:
+        if axis is None:
+            cross = spectrum(truth, weights)
+            cross.mul_(spectrum(estimate, None).conj_physical_())
+        else:
+            cross = spectrum(neighbours(truth, axis), weights)
+            cross.mul_(spectrum(neighbours(estimate, axis), None).conj_physical_())
+        spectra.append(cross)
     freqs = [torch.fft.fftfreq(n, dtype=torch.float64, device=truth.device) for n in truth.shape]
     return _dft_peak(spectra, freqs, 1.0, [f * len(f) for f in freqs], subpixel)
 
@@ -117,11 +136,11 @@ def _centred_coords(shape: torch.Size, device: torch.device) -> list[Tensor]:
     return [torch.arange(n, dtype=torch.float64, device=device) - n // 2 for n in shape]
 
 
-def _ramp(shape: torch.Size, slope: Tensor) -> Tensor:
-    """exp(2i*pi*slope.r), r in pixels from index n//2 of each axis, slope in cycles/pixel."""
-    coords = _centred_coords(shape, slope.device)
-    phase = 2 * math.pi * _axis_sum([f * r for f, r in zip(slope, coords, strict=True)])
-    return torch.polar(torch.ones_like(phase), phase)
+def _deramped(field: Tensor, slope: Tensor) -> Tensor:
+    """``field`` times exp(2i*pi*slope.r), r in pixels from index n//2 of each axis, slope in
+    cycles/pixel (a new tensor)."""
+    coords = _centred_coords(field.shape, slope.device)
+    return _times_plane_wave(field.clone(), [f * r for f, r in zip(slope, coords, strict=True)])
 
 
 def _estimate_ramp(estimate: Tensor, truth: Tensor, weights: Tensor, subpixel: bool) -> Tensor:
@@ -132,11 +151,12 @@ def _estimate_ramp(estimate: Tensor, truth: Tensor, weights: Tensor, subpixel: b
     """
     coords = _centred_coords(truth.shape, truth.device)
     grid = [torch.fft.fftfreq(n, dtype=torch.float64, device=truth.device) for n in truth.shape]
-    return _dft_peak([weights * truth * estimate.conj()], coords, -1.0, grid, subpixel)
+    product = estimate.conj_physical().mul_(truth).mul_(weights)  # one field-sized temporary
+    return _dft_peak([product], coords, -1.0, grid, subpixel)
 
 
 def _global_phase(estimate: Tensor, truth: Tensor, weights: Tensor) -> Tensor:
-    overlap = (weights * estimate.conj() * truth).sum()
+    overlap = torch.vdot(estimate.reshape(-1), (weights * truth).reshape(-1))
     return estimate * torch.exp(1j * torch.angle(overlap))
 
 
@@ -161,7 +181,7 @@ def _align_candidate(
         # strip); the de-ramped candidate's shift then follows from plain correlation.
         in_frame = torch.roll(weights, [-round(float(x)) for x in shift], list(range(truth.ndim)))
         slope = _estimate_ramp(candidate, _fourier_shift(truth, -shift), in_frame, subpixel)
-        deramped = candidate * _ramp(truth.shape, slope)
+        deramped = _deramped(candidate, slope)
         shift = _estimate_shift(deramped, target, subpixel, False, weights)
     aligned = _fourier_shift(deramped if remove_ramp else candidate, shift)
     return _global_phase(aligned, truth, weights)
