@@ -29,7 +29,8 @@ MAX_PROBE_MODES = 4
 MAX_SLICES = 8
 COLUMNS = 4
 #: Images wider or taller than this are drawn block-averaged to at most this many pixels per
-#: side (a panel is about 400 pixels wide): a 2435^2 object's report took 820 MiB, not 100.
+#: side (a panel is about 400 pixels wide): the report of a 2435^2 object added 820 MiB
+#: resident when drawn whole, 120 MiB block-averaged.
 MAX_SHOWN = 1024
 #: Lab-frame maps of a volume reconstruction (Bragg CDI): title, colour map, display scale.
 VOLUME_MAPS = {
@@ -136,8 +137,7 @@ def _illuminated(
     if illumination.shape != shape or not np.nanmax(illumination) > 0:
         return full, None
     mask = illumination > ILLUMINATION_THRESHOLD * np.nanmax(illumination)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)), mask
+    return _bounding_box(mask) or full, mask
 
 
 def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
