@@ -88,6 +88,12 @@ def _shrink_factor(shape: Sequence[int]) -> int:
     return max(1, math.ceil(max(shape[:2]) / MAX_SHOWN))
 
 
+def for_display(image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, ...) block-averaged to at most ``MAX_SHOWN`` pixels per side (complex
+    fields average as complex numbers), or itself if already that small."""
+    return _reduced(image, _shrink_factor(image.shape))
+
+
 def _image(
     ax: Axes,
     image: np.ndarray,

@@ -194,3 +194,29 @@ def test_large_object_is_drawn_reduced_in_object_pixel_coordinates(tmp_path):
     tracemalloc.stop()
     assert peak < 120 * 2**20, f"{peak / 2**20:.0f} MiB traced"
     _check_png(tmp_path / "large.png")
+
+
+def test_tensorboard_logs_a_large_object_block_averaged():
+    """An object above MAX_SHOWN per side reaches TensorBoard block-averaged (complex means),
+    the probe untouched."""
+    from types import SimpleNamespace
+
+    from diffrecon.recon.callbacks import TensorBoard
+    from diffrecon.viz import MAX_SHOWN, for_display
+
+    logged = {}
+
+    class Recorder(NullLogger):
+        def complex_image(self, tag_prefix, field, step):
+            logged[tag_prefix] = np.asarray(field)
+
+    obj = np.full((1, 2100, 1500), np.exp(0.4j), np.complex64)
+    probe = _field((1, 64, 64))
+    model = SimpleNamespace(results=lambda: {"object": obj, "probe": probe})
+    TensorBoard(Recorder(), {}).images(SimpleNamespace(model=model), step=10)
+    assert logged["object"].shape == (700, 500)  # 3 x 3 blocks
+    assert max(logged["object"].shape) <= MAX_SHOWN
+    np.testing.assert_allclose(logged["object"], np.exp(0.4j), atol=1e-6)
+    np.testing.assert_array_equal(logged["probe/mode0"], probe[0])
+    small = _field((40, 30))
+    assert for_display(small) is small
