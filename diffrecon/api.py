@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from diffrecon.recon import callbacks as cb
 from diffrecon.recon import distributed, memory_budget
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
-from diffrecon.recon.host_memory import reuse_freed_blocks
+from diffrecon.recon.host_memory import return_large_blocks, reuse_freed_blocks
 from diffrecon.recon.initialize import select_initial_guess
 from diffrecon.recon.multistart import multistart
 from diffrecon.recon.objective import Objective
@@ -227,14 +228,16 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     # The allocator keeps freed blocks during the iterations only: while the data were read
     # and converted, kept blocks fragmented the heap (2000 x 256^2, 500 MiB of patterns:
     # 852 instead of 660 MiB resident after conversion).
-    with reuse_freed_blocks(run_config.recon.reuse_host_memory):
+    with reuse_freed_blocks(run_config.recon.reuse_host_memory) as reusing:
+        # between epochs the comparison with the truth gives its temporaries back
+        during = _returning_memory(evaluate) if evaluate is not None and reusing else evaluate
         if state is None and "probe" not in (initial or {}):
             candidates = model.initial_guesses(data)
             if len(candidates) > 1:
                 select_initial_guess(model, candidates, make_run)
         run = make_run(model)
         logger = _logger(run_config, out_dir)
-        run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, evaluate,
+        run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, during,
                                                        comm.is_main)
         if state is not None:
             cb.resume(run, state)
@@ -248,6 +251,16 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
     if out_dir is not None:
         _write_run_folder(out_dir, run_config, results, history, metrics)
     return Result(model, results, history, metrics, out_dir, comm.rank)
+
+
+def _returning_memory(evaluate: Callable[[ForwardModel], dict[str, float]]
+                      ) -> Callable[[ForwardModel], dict[str, float]]:
+    """``evaluate`` run with large host blocks unmapped when freed (``return_large_blocks``)."""
+    def evaluate_and_return(model: ForwardModel) -> dict[str, float]:
+        with return_large_blocks():
+            return evaluate(model)
+
+    return evaluate_and_return
 
 
 def _fits_in_memory_or_lazy(data: DiffractionData, model: ForwardModel,
