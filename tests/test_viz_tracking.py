@@ -141,17 +141,17 @@ def test_null_logger_accepts_everything():
 
 
 def test_block_means_of_a_reduced_image():
-    from diffrecon.viz import _reduced
+    from diffrecon.viz.drawing import block_mean
 
     image = np.arange(7 * 9, dtype=np.float64).reshape(7, 9)
-    shown = _reduced(image, 3)  # the last row (7 = 2 * 3 + 1) does not fill a block
+    shown = block_mean(image, 3)  # the last row (7 = 2 * 3 + 1) does not fill a block
     assert shown.shape == (2, 3)
     assert shown[1, 2] == pytest.approx(image[3:6, 6:9].mean())
     z = _field((6, 6))
-    assert _reduced(z, 2)[0, 0] == pytest.approx(z[:2, :2].mean())  # complex means
+    assert block_mean(z, 2)[0, 0] == pytest.approx(z[:2, :2].mean())  # complex means
     rgb = np.random.default_rng(0).uniform(size=(4, 4, 3))
-    assert _reduced(rgb, 2).shape == (2, 2, 3)
-    assert _reduced(image, 1) is image
+    assert block_mean(rgb, 2).shape == (2, 2, 3)
+    assert block_mean(image, 1) is image
 
 
 def test_large_object_is_drawn_reduced_in_object_pixel_coordinates(tmp_path):
@@ -162,7 +162,8 @@ def test_large_object_is_drawn_reduced_in_object_pixel_coordinates(tmp_path):
 
     from matplotlib.figure import Figure
 
-    from diffrecon.viz import MAX_SHOWN, _object_panels
+    from diffrecon.viz import MAX_SHOWN
+    from diffrecon.viz.report import _object_panels
 
     n = 2500
     obj = np.ones((n, n), np.complex64) * np.exp(0.3j)

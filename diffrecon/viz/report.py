@@ -1,23 +1,28 @@
-"""Figures: complex fields as colour, and the one-page ``report.png`` of a reconstruction.
-
-Only ``matplotlib.figure.Figure`` is used (no pyplot state): ``Figure.savefig`` renders with the
-Agg canvas, so figures can be made from any thread or process without touching a global backend.
-Every function takes numpy arrays; callers convert tensors (``tensor.detach().cpu().numpy()``).
-"""
+"""The one-page ``report.png`` of a reconstruction: a panel for each result present (object,
+probe modes, scan, support, pattern, pupil, LEDs, aberrations, loss and metric curves)."""
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
+
+from diffrecon.viz.drawing import (
+    COLUMNS,
+    block_mean,
+    bounding_box,
+    complex_to_rgb,
+    draw_image,
+    orthogonal_slices,
+    robust_limits,
+    save_atomic,
+    shrink_factor,
+)
 
 Panel = Callable[[Axes], None]
 
@@ -27,11 +32,6 @@ ILLUMINATION_THRESHOLD = 0.01
 MAX_PROBE_MODES = 4
 #: At most this many object slices get a phase panel.
 MAX_SLICES = 8
-COLUMNS = 4
-#: Images wider or taller than this are drawn block-averaged to at most this many pixels per
-#: side (a panel is about 400 pixels wide): the report of a 2435^2 object added 820 MiB
-#: resident when drawn whole, 120 MiB block-averaged.
-MAX_SHOWN = 1024
 #: Lab-frame maps of a volume reconstruction (Bragg CDI): title, colour map, display scale.
 VOLUME_MAPS = {
     "amplitude": ("amplitude (lab frame)", "gray", 1.0),
@@ -39,97 +39,6 @@ VOLUME_MAPS = {
     "displacement_m": ("displacement along Q (pm)", "coolwarm", 1e12),
     "strain": ("strain along Q (1e-3)", "coolwarm", 1e3),
 }
-
-
-def complex_to_rgb(z: np.ndarray, *, amplitude_max: float | None = None) -> np.ndarray:
-    """Map a complex field to colour: hue = phase, value = amplitude, full saturation.
-
-    Args:
-        z: complex field, shape (H, W) (any shape works), arbitrary unit.
-        amplitude_max: amplitude shown at full brightness, in the unit of ``z``. Default: the
-            99.9th percentile of ``|z|``, so a few hot pixels do not darken the whole image.
-
-    Returns:
-        RGB image, shape (*z.shape, 3), float64 in [0, 1]. Phase -pi maps to hue 0 (red) and hue
-        runs once round the colour circle over the 2 pi phase range.
-    """
-    z = np.nan_to_num(np.asarray(z, dtype=np.complex128))
-    amplitude = np.abs(z)
-    top = amplitude_max
-    if top is None:
-        top = float(np.percentile(amplitude, 99.9)) if amplitude.size else 0.0
-    top = top if top > 0 else 1.0
-    hue = (np.angle(z) + np.pi) / (2 * np.pi) % 1.0
-    value = np.clip(amplitude / top, 0.0, 1.0)
-    return hsv_to_rgb(np.stack([hue, np.ones_like(value), value], axis=-1))
-
-
-def _limits(image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """Robust colour limits (0.5-99.5 percentile) over finite pixels inside ``mask``."""
-    values = image if mask is None else image[mask]
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {}
-    low, high = np.percentile(values, [0.5, 99.5])
-    return {"vmin": float(low), "vmax": float(high)} if high > low else {}
-
-
-def _reduced(image: np.ndarray, factor: int) -> np.ndarray:
-    """Means over ``factor`` x ``factor`` blocks of the first two axes (any trailing ones, e.g.
-    RGB, kept); edge rows and columns that do not fill a block are dropped."""
-    if factor <= 1:
-        return image
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, *image.shape[2:])
-    return blocks.mean(axis=(1, 3))
-
-
-def _shrink_factor(shape: Sequence[int]) -> int:
-    return max(1, math.ceil(max(shape[:2]) / MAX_SHOWN))
-
-
-def for_display(image: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, ...) block-averaged to at most ``MAX_SHOWN`` pixels per side (complex
-    fields average as complex numbers), or itself if already that small."""
-    return _reduced(image, _shrink_factor(image.shape))
-
-
-def _image(
-    ax: Axes,
-    image: np.ndarray,
-    title: str,
-    cmap: str = "gray",
-    *,
-    mask: np.ndarray | None = None,
-    colorbar: bool = True,
-    factor: int = 1,
-) -> None:
-    """Draw one image panel; real images get robust limits from the pixels inside ``mask``.
-
-    Pixels outside ``mask`` (shape of ``image``) are drawn dimmed so they stay visible but do
-    not set the colour scale. Each pixel of ``image`` stands for ``factor`` x ``factor``
-    original pixels (an image reduced by the caller): axes keep original pixel coordinates.
-    An image larger than ``MAX_SHOWN`` per side is block-averaged here.
-    """
-    extra = _shrink_factor(image.shape)
-    if extra > 1:
-        image = _reduced(image, extra)
-        mask = None if mask is None else _reduced(mask.astype(np.float32), extra) > 0.5
-        factor *= extra
-    extent = None if factor == 1 else (
-        -0.5, image.shape[1] * factor - 0.5, image.shape[0] * factor - 0.5, -0.5)
-    real = image.ndim == 2
-    shown = ax.imshow(image, cmap=cmap if real else None, extent=extent,
-                      **(_limits(image, mask) if real else {}))
-    if mask is not None and not mask.all():
-        shade = np.zeros((*mask.shape, 4), dtype=np.float32)
-        shade[..., 3] = np.where(mask, 0.0, 0.6)
-        ax.imshow(shade, extent=extent)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if colorbar and real:
-        ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
 
 
 def _illuminated(
@@ -143,7 +52,7 @@ def _illuminated(
     if illumination.shape != shape or not np.nanmax(illumination) > 0:
         return full, None
     mask = illumination > ILLUMINATION_THRESHOLD * np.nanmax(illumination)
-    return _bounding_box(mask) or full, mask
+    return bounding_box(mask) or full, mask
 
 
 def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
@@ -153,23 +62,23 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
     obj = np.asarray(results["object"])
     obj = obj.reshape(-1, *obj.shape[-2:])
     full_box, full_mask = _illuminated(results, obj.shape[-2:])
-    factor = _shrink_factor(obj.shape[-2:])
+    factor = shrink_factor(obj.shape[-2:])
     if factor > 1:
-        obj = np.stack([_reduced(layer, factor) for layer in obj])
+        obj = np.stack([block_mean(layer, factor) for layer in obj])
     mask = box = None
     if full_mask is not None:
-        mask = _reduced(full_mask.astype(np.float32), factor) > 0.5 if factor > 1 else full_mask
-        box = _bounding_box(mask) if factor > 1 else full_box
+        mask = block_mean(full_mask.astype(np.float32), factor) > 0.5 if factor > 1 else full_mask
+        box = bounding_box(mask) if factor > 1 else full_box
     box = box or (slice(None), slice(None))
     inside = None if mask is None else mask[box]
     first, summed = obj[0][box], np.angle(obj).sum(0)[box]
     panels: list[Panel] = [
-        lambda ax: _image(ax, np.abs(first), "object amplitude", mask=inside),
-        lambda ax: _image(ax, np.angle(first), "object phase (rad)", "twilight", mask=inside),
+        lambda ax: draw_image(ax, np.abs(first), "object amplitude", mask=inside),
+        lambda ax: draw_image(ax, np.angle(first), "object phase (rad)", "twilight", mask=inside),
     ]
     if obj.shape[0] > 1:
         panels.append(
-            lambda ax: _image(
+            lambda ax: draw_image(
                 ax,
                 summed,
                 f"phase summed over {obj.shape[0]} slices (rad)",
@@ -181,28 +90,11 @@ def _object_panels(results: Mapping[str, Any]) -> list[Panel]:
         panels.append(lambda ax: _scan(ax, results, np.abs(obj[0]), mask, factor))
     if obj.shape[0] > 1:  # multislice: the phase of every slice (at most 8), on one scale
         phases = np.angle(obj)[(slice(None), *box)]
-        limits = _limits(phases, None if inside is None else np.broadcast_to(inside, phases.shape))
+        within = None if inside is None else np.broadcast_to(inside, phases.shape)
+        limits = robust_limits(phases, within)
         panels += [(lambda ax, s=s: _slice(ax, phases[s], f"slice {s} phase (rad)", limits))
                    for s in range(min(obj.shape[0], MAX_SLICES))]
     return panels
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
-    """The central (H, W), (D, W) and (D, H) slices of a (D, H, W) volume side by side, float64,
-    separated and padded by NaN (drawn blank)."""
-    d, h, w = volume.shape
-    cuts = [volume[d // 2], volume[:, h // 2], volume[:, :, w // 2]]
-    rows = max(cut.shape[0] for cut in cuts)
-    padded = [np.pad(np.asarray(cut, dtype=np.float64), ((0, rows - cut.shape[0]), (0, 1)),
-                     constant_values=np.nan) for cut in cuts]
-    return np.concatenate(padded, axis=1)[:, :-1]
 
 
 def _volume_panels(results: Mapping[str, Any]) -> list[Panel]:
@@ -210,14 +102,14 @@ def _volume_panels(results: Mapping[str, Any]) -> list[Panel]:
     panels: list[Panel] = []
     if "object" in results:
         obj = np.asarray(results["object"])
-        panels += [lambda ax: _image(ax, orthogonal_slices(np.abs(obj)), "object amplitude "
+        panels += [lambda ax: draw_image(ax, orthogonal_slices(np.abs(obj)), "object amplitude "
                                      "(detector grid; 3 central slices)"),
-                   lambda ax: _image(ax, orthogonal_slices(np.angle(obj)), "object phase (rad)",
+                   lambda ax: draw_image(ax, orthogonal_slices(np.angle(obj)), "object phase (rad)",
                                      "twilight")]
     for key, (title, cmap, scale) in VOLUME_MAPS.items():
         if key in results and np.ndim(results[key]) == 3:
             image = orthogonal_slices(np.asarray(results[key], dtype=np.float64) * scale)
-            panels.append(lambda ax, i=image, t=title, c=cmap: _image(ax, i, t, c))
+            panels.append(lambda ax, i=image, t=title, c=cmap: draw_image(ax, i, t, c))
     return panels
 
 
@@ -255,9 +147,9 @@ def _scan(
     be block-averaged by ``factor`` (positions stay in object pixels).
     """
     count = len(np.asarray(results["positions_px"]).reshape(-1, 2))
-    _image(ax, amplitude, f"scan positions ({count})", mask=mask, colorbar=False,
+    draw_image(ax, amplitude, f"scan positions ({count})", mask=mask, colorbar=False,
            factor=factor)
-    factor *= _shrink_factor(amplitude.shape)
+    factor *= shrink_factor(amplitude.shape)
     offset = np.zeros(2)
     if "probe" in results:
         offset = np.asarray(np.shape(results["probe"])[-2:]) // 2
@@ -291,7 +183,7 @@ def _probe_panels(results: Mapping[str, Any]) -> list[Panel]:
     share = 100 * power / power.sum() if power.sum() > 0 else np.zeros_like(power)
     return [
         (
-            lambda ax, m=m: _image(
+            lambda ax, m=m: draw_image(
                 ax,
                 complex_to_rgb(probe[m]),
                 f"probe mode {m} ({share[m]:.1f}%)",
@@ -371,8 +263,8 @@ def _pupil_panels(pupil: np.ndarray) -> list[Panel]:
     amplitude = np.abs(pupil)
     inside = amplitude > 0.05 * amplitude.max()
     phase = np.where(inside, np.angle(pupil), 0.0)
-    return [lambda ax: _image(ax, amplitude, "pupil amplitude"),
-            lambda ax: _image(ax, phase, "pupil phase (rad)", "twilight", mask=inside)]
+    return [lambda ax: draw_image(ax, amplitude, "pupil amplitude"),
+            lambda ax: draw_image(ax, phase, "pupil phase (rad)", "twilight", mask=inside)]
 
 
 def save_report(
@@ -419,11 +311,11 @@ def save_report(
     if "support" in results:
         support = np.asarray(results["support"], dtype=np.float64)
         support = orthogonal_slices(support) if volume else support
-        panels.append(lambda ax: _image(ax, support, "support", colorbar=False))
+        panels.append(lambda ax: draw_image(ax, support, "support", colorbar=False))
     if "pattern" in results:
         pattern = np.log10(1 + np.clip(np.asarray(results["pattern"], np.float64), 0, None))
         pattern = orthogonal_slices(pattern) if pattern.ndim == 3 else pattern
-        panels.append(lambda ax: _image(ax, pattern, "pattern log10(1 + counts)", "magma"))
+        panels.append(lambda ax: draw_image(ax, pattern, "pattern log10(1 + counts)", "magma"))
     if "pupil" in results:
         panels += _pupil_panels(np.asarray(results["pupil"]))
     if "led_positions_m" in results and "zernike_noll" in results:
@@ -438,38 +330,4 @@ def save_report(
         draw(figure.add_subplot(rows, columns, k + 1))
     if title:
         figure.suptitle(title, fontsize=11)
-    _save_atomic(figure, Path(path))
-
-
-def save_image_grid(path: str | Path, images: Sequence[np.ndarray], titles: Sequence[str]) -> None:
-    """Save images in one row (at most 4 per row), one title each, as PNG (atomically).
-
-    Args:
-        path: output PNG file.
-        images: each (H, W) real (grey with colour bar), (H, W) complex (``complex_to_rgb``) or
-            (H, W, 3) RGB in [0, 1].
-        titles: one per image.
-    """
-    if len(images) != len(titles):
-        raise ValueError(f"save_image_grid: {len(images)} images but {len(titles)} titles")
-    columns = min(COLUMNS, max(1, len(images)))
-    rows = max(1, math.ceil(len(images) / columns))
-    figure = Figure(figsize=(3.2 * columns, 3.2 * rows), dpi=100, layout="constrained")
-    for k, (image, text) in enumerate(zip(images, titles, strict=True)):
-        image = np.asarray(image)
-        shown = complex_to_rgb(image) if np.iscomplexobj(image) else image.astype(np.float64)
-        _image(figure.add_subplot(rows, columns, k + 1), shown, text)
-    _save_atomic(figure, Path(path))
-
-
-def _save_atomic(figure: Figure, path: Path) -> None:
-    """Render ``figure`` as PNG to a temporary file beside ``path``, then rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_atomic(figure, Path(path))
