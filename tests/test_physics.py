@@ -154,6 +154,16 @@ def test_insert_is_adjoint_of_extract():
     assert torch.allclose(lhs, rhs)
 
 
+def test_insert_patches_traces_under_torch_compile():
+    """Compiled code cannot write into the overlapping window view the CPU path uses
+    (functionalization refuses it); traced, the flat ``index_add_`` path gives the same sums."""
+    patches = random_field((4, 1, 6, 6), 9)
+    corners = torch.tensor([[0, 0], [2, 3], [2, 3], [10, 9]])
+    traced = torch.compile(insert_patches, backend="aot_eager", fullgraph=True)
+    assert torch.allclose(traced(patches, corners, (1, 16, 16)),
+                          insert_patches(patches, corners, (1, 16, 16)), atol=1e-12)
+
+
 def test_zone_plate_focus_size():
     """In focus, the intensity FWHM of a lens of numerical aperture NA is ~0.51 lambda/NA."""
     wavelength, na, pixel = 1e-10, 2e-3, 2e-9

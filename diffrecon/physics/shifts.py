@@ -86,11 +86,12 @@ def insert_patches(
     """
     h, w = patches.shape[-2:]
     lead = tuple(object_shape[:-2])
-    if patches.device.type == "cpu":
+    if patches.device.type == "cpu" and not torch.compiler.is_compiling():
         # Accumulate through the strided view of every window (the one ``gather_windows``
         # reads): no (B, h*w) flat-index arithmetic. CPU only: on CUDA, index_put_ would first
         # make the overlapping view contiguous. 400 x 64^2 far field, 1 thread: 208 -> 122 us
-        # per batch of 50.
+        # per batch of 50. Not under torch.compile, whose functionalization refuses writes
+        # into overlapping views (experiments/bench_compile.py).
         out = torch.zeros(object_shape, dtype=patches.dtype, device=patches.device)
         windows = out.unfold(-2, h, 1).unfold(-2, w, 1).movedim((-4, -3), (0, 1))
         windows.index_put_((corners[:, 0], corners[:, 1]), patches, accumulate=True)
