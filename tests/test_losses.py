@@ -22,7 +22,7 @@ from diffrecon.losses.regularizers import (
     sparsity,
     total_variation,
 )
-from diffrecon.models.measurement import mode_intensity
+from diffrecon.models.measurement import Measurement, _DetectorNLL, mode_intensity
 
 NAMES = ["amplitude", "gaussian", "poisson"]
 
@@ -366,3 +366,74 @@ def test_mode_intensity_gradient_matches_finite_differences():
     expected = field.detach().abs().square().sum(1)
     assert torch.allclose(intensity.detach(), expected)
     assert torch.autograd.gradcheck(mode_intensity, (field,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_amplitude_value_and_slope_equal_the_generic_ones(masked):
+    """The amplitude likelihood's own value_and_slope (from one masked residual) against the
+    base class's (elementwise values and derivative, masked apart)."""
+    likelihood = Amplitude()
+    generator = torch.Generator().manual_seed(5)
+    predicted = torch.rand(3, 6, 6, generator=generator, dtype=torch.float64) * 40
+    predicted[0, 0, 0] = 0.0  # a dark pixel: slope 1 - a / sqrt(eps)
+    measured = likelihood.prepare(torch.poisson(predicted * 1.2, generator=generator))
+    valid = (torch.rand(6, 6, generator=generator) > 0.3) if masked else None
+    total, slope = likelihood.value_and_slope(predicted, measured, valid)
+    expected_total, expected_slope = Likelihood.value_and_slope(
+        likelihood, predicted, measured, valid)
+    assert torch.allclose(total, expected_total, rtol=1e-12)
+    assert torch.allclose(slope, expected_slope, rtol=1e-9, atol=1e-12)
+    if masked:
+        assert bool((slope[:, ~valid] == 0).all())
+
+
+def _detector_case(modes: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    field = torch.randn(3, modes, 5, 5, generator=generator, dtype=torch.complex128) * 3
+    measurement = Measurement(4, (5, 5)).double()
+    with torch.no_grad():
+        measurement.flux.copy_(torch.rand(4, generator=generator, dtype=torch.float64) + 0.5)
+        measurement.background.copy_(torch.rand(5, 5, generator=generator,
+                                                dtype=torch.float64))
+    index = torch.tensor([2, 0, 3])
+    counts = torch.poisson(measurement(field, index).detach() * 1.1, generator=generator)
+    valid = torch.rand(5, 5, generator=generator) > 0.2
+    return field, measurement, index, counts, valid
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("modes", [1, 3])
+def test_fused_detector_nll_equals_the_separate_nodes(name, modes):
+    """Measurement.nll (one node, closed-form backward) against the measurement followed by
+    the likelihood's nll: same value, same gradients for field, flux and background."""
+    field, measurement, index, counts, valid = _detector_case(modes, 6)
+    likelihood = make_likelihood(name)
+    measured = likelihood.prepare(counts)
+    results = []
+    for fused in (True, False):
+        measurement.zero_grad()
+        psi = field.clone().requires_grad_(True)
+        if fused:
+            total = measurement.nll(psi, index, measured, valid, likelihood)
+        else:
+            total = likelihood.nll(measurement(psi, index), measured, valid)
+        total.backward()
+        results.append((total.detach(), psi.grad, measurement.flux.grad.clone(),
+                        measurement.background.grad.clone()))
+    for fused_value, separate_value in zip(*results, strict=True):
+        assert torch.allclose(fused_value, separate_value, rtol=1e-10, atol=1e-12)
+    assert results[0][2][1] == 0  # a pattern outside the batch gets no flux gradient
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_detector_nll_gradient_matches_finite_differences(name):
+    """The closed-form backward of the fused node for field, flux and background."""
+    field, measurement, index, counts, valid = _detector_case(2, 7)
+    likelihood = make_likelihood(name)
+    measured = likelihood.prepare(counts)
+    flux = measurement.flux.detach()[index].reshape(-1, 1, 1).clone().requires_grad_(True)
+    background = measurement.background.detach().clone().requires_grad_(True)
+    psi = field.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda p, f, b: _DetectorNLL.apply(p, f, b, measured, valid, likelihood),
+        (psi, flux, background), eps=1e-6, atol=1e-5)

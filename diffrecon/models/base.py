@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from diffrecon.config import doc
+from diffrecon.losses.likelihoods import Likelihood
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics.propagators import Propagator
 from diffrecon.registry import Registry
@@ -100,6 +101,13 @@ class ForwardModel(nn.Module):
     def forward(self, index: Tensor) -> Tensor:
         """Predicted intensities (B, H, W), native layout, for pattern indices (B,)."""
         return self.measurement(self.propagator(self.exit_wave(index)), index)
+
+    def nll(self, index: Tensor, measured: Tensor, valid: Tensor | None,
+            likelihood: Likelihood) -> Tensor:
+        """``likelihood.nll(self(index), measured, valid)``, scalar, through the measurement's
+        fused node (one autograd node from detector field to loss)."""
+        field = self.propagator(self.exit_wave(index))
+        return self.measurement.nll(field, index, measured, valid, likelihood)
 
     def trace(self, index: Tensor) -> Trace:
         psi = self.exit_wave(index)

@@ -54,8 +54,7 @@ class Objective:
                                   f"'{param}' (known: {', '.join(sorted(fields))})")
 
     def __call__(self, model: ForwardModel, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        predicted = model(batch.index)
-        total = self.likelihood.nll(predicted, batch.measured, batch.valid)
+        total = model.nll(batch.index, batch.measured, batch.valid, self.likelihood)
         values = {self.likelihood_name: float(total.detach())}
         if self.terms:
             fields = model.named_fields()
