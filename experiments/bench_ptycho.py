@@ -17,6 +17,7 @@ Results are printed and written to experiments/out/bench_ptycho.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -43,27 +44,42 @@ def synchronizer(device: str | torch.device = "cpu"):  # noqa: ANN201
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def fft_floor(num: int, modes: int, frame: int, batch: int, repeats: int = 7,
-              device: str = "cpu", reuse_memory: bool = True) -> float:
-    """Seconds for the forward + inverse FFTs of one epoch alone (batched like the epoch).
+class FloorTimer:
+    """The forward + inverse FFTs of one epoch alone (batched like the epoch), timed one pass
+    at a time, so that a benchmark can interleave them with the epochs it compares them to.
 
     With ``reuse_memory`` freed host blocks are reused, as during our epochs
     (``recon.host_memory``), so the time is the FFT work alone; without it every output is
     freshly mapped and page-faulted in, as in the issues' calibration of the one-call floor
     (and, depending on glibc's moving mmap threshold, sometimes in the chunks too: the 1-thread
-    400 x 64^2 floor then read 18-20 ms instead of 7 from one process to the next)."""
-    field = torch.randn(num, modes, frame, frame, dtype=torch.complex64, device=device)
-    sync = synchronizer(device)
-    times = []
-    with reuse_freed_blocks(reuse_memory):
-        for _ in range(repeats + 1):  # the first pass (FFT plans, GPU warm-up) is not counted
-            sync()
+    400 x 64^2 floor then read 18-20 ms instead of 7 from one process to the next). With
+    ``reuse_memory=None`` the allocator is left as it is (within a reconstruction, which
+    already reuses freed blocks)."""
+
+    def __init__(self, num: int, modes: int, frame: int, batch: int, device: str = "cpu",
+                 reuse_memory: bool | None = True) -> None:
+        self.field = torch.randn(num, modes, frame, frame, dtype=torch.complex64, device=device)
+        self.batch, self.reuse_memory = batch, reuse_memory
+        self.sync = synchronizer(device)
+        self.once()  # FFT plans and GPU warm-up are not counted
+
+    def once(self) -> float:
+        """Seconds of one pass over the scan."""
+        reuse = self.reuse_memory
+        with contextlib.nullcontext() if reuse is None else reuse_freed_blocks(reuse):
+            self.sync()
             start = time.perf_counter()
-            for chunk in field.split(batch):
+            for chunk in self.field.split(self.batch):
                 torch.fft.ifft2(torch.fft.fft2(chunk, norm="ortho"), norm="ortho")
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+            self.sync()
+            return time.perf_counter() - start
+
+
+def fft_floor(num: int, modes: int, frame: int, batch: int, repeats: int = 7,
+              device: str = "cpu", reuse_memory: bool = True) -> float:
+    """Median seconds of ``repeats`` passes of ``FloorTimer`` (the epoch's FFTs alone)."""
+    timer = FloorTimer(num, modes, frame, batch, device, reuse_memory)
+    return statistics.median(timer.once() for _ in range(repeats))
 
 
 MEMORY_PROBE = """

@@ -13,9 +13,11 @@ Cases (each of ours runs in a fresh process, so its peak memory is its own):
   own virtual environment under experiments/bench/.venvs, installed on first use) reconstruct
   that same file. All are scored with the same metric (``evaluate.py``: ambiguity-removed
   object NRMSE over the well-lit region) on object snapshots taken every ``--every`` epochs
-  outside the timed region. FFT floors: ``bench_ptycho.fft_floor`` (the epoch's batched
+  outside the timed region. FFT floors: ``bench_ptycho.FloorTimer`` (the epoch's batched
   forward + inverse FFTs alone), chunked as our minibatches (``x floor``) and as one call
   over the whole scan (``x scan``, the floor of the issue's calibration; see harness.py).
+  The chunked floor of our row is timed between its epochs, at every scoring (the median of
+  those passes); a peer's floors are the means of those timed just before and after it.
   Peak memory: the resident high-water mark (VmHWM) added by loading and reconstructing the
   file in a fresh process (``bench_ptycho.reconstruction_memory_mb`` for ours).
 - ``cdi``: 2D plane-wave CDI (``bench_cdi``: 64x64 object in 256x256, 1e8 photons), HIO then
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -90,18 +93,30 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float
                 args: argparse.Namespace) -> dict[str, Any]:
     """diffrecon with default settings, scored by ``evaluate.object_nrmse`` every ``--every``
     epochs (the evaluator replaces the built-in one for this call only, so that every package
-    is judged by the same code; its time is excluded from the epoch times)."""
+    is judged by the same code; its time is excluded from the epoch times).
+
+    The chunked FFT floor is timed at each scoring too, between epochs, with the allocator as
+    the epochs have it: on a shared machine whose speed drifts, a floor timed minutes apart
+    from the epochs gave ratios from 1.9x to 7.7x for the same code. The row's floor is the
+    median of those passes."""
     truth = data.truth.object[0]
     spent = [0.0]
+    n, frame = data.num_patterns, data.frame_shape[0]
+    timer = bench_ptycho.FloorTimer(n, 1, frame, floors["batch"], args.device,
+                                    reuse_memory=None)
+    passes: list[float] = []
 
     def score(model: Any) -> dict[str, float]:
         tick = time.perf_counter()
         value = evaluate.object_nrmse(model.results()["object"], truth, mask)
+        passes.append(timer.once())
         spent[0] += time.perf_counter() - tick
         return {"nrmse": value}
 
     started = time.perf_counter()
-    with mock.patch.object(diffrecon.api, "truth_evaluator", lambda *_: score):
+    # the scoring runs as the epochs do (not handing memory back: that is for large objects)
+    with mock.patch.object(diffrecon.api, "truth_evaluator", lambda *_: score), \
+            mock.patch.object(diffrecon.api, "_returning_memory", lambda evaluate: evaluate):
         result = diffrecon.reconstruct(scan, "ptycho", overrides=[
             f"recon.epochs={args.epochs}", f"log.metric_every={args.every}", *QUIET,
             *device_overrides(args)])
@@ -118,9 +133,12 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float
         lazy = bench_ptycho.reconstruction_memory_mb(scan, True, *args.set)
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
-        setup_s=wall - sum(seconds) - spent[0], **floors, peak_mb=memory,
+        setup_s=wall - sum(seconds) - spent[0],
+        fft_floor_s=statistics.median(passes or [floors["fft_floor_s"]]),
+        fft_floor_scan_s=floors["fft_floor_scan_s"], peak_mb=memory,
         note=f"defaults; lazy peak {lazy:.0f} MiB; raw data "
-             f"{data.patterns.nbytes / 2**20:.1f} MiB")
+             f"{data.patterns.nbytes / 2**20:.1f} MiB; floor from {len(passes)} passes "
+             "between epochs")
 
 
 def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float],
@@ -136,14 +154,27 @@ def ptycho_peer(name: str, data: Any, scan: Path, mask: np.ndarray, floors: dict
                               args.peer_budget, args.peer_budget * 3 + 600)
     if reason:
         return harness.failed("ptycho", name, reason)
+    after = measure_floors(data, floors["batch"], args)
     runs = np.load(out)
     truth = data.truth.object[0]
     orientation, _ = evaluate.best_orientation(runs["objects"][-1], truth, mask)
     errors = [evaluate.object_nrmse(o, truth, mask, orientation) for o in runs["objects"]]
+    # the peer runs in its own process: its floor is the mean of those timed just before
+    # and just after it
     return harness.summarize(
         "ptycho", name, runs["epoch_seconds"].tolist(), runs["epochs"].tolist(), errors,
-        setup_s=float(runs["setup_s"]), **floors, peak_mb=float(runs["peak_mb"]),
-        note=f"{runs['note']}; axes {orientation}")
+        setup_s=float(runs["setup_s"]),
+        **{key: (floors[key] + after[key]) / 2 for key in ("fft_floor_s", "fft_floor_scan_s")},
+        peak_mb=float(runs["peak_mb"]), note=f"{runs['note']}; axes {orientation}")
+
+
+def measure_floors(data: Any, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The chunked and one-call FFT floors of ``data``'s epoch, timed now."""
+    n, frame = data.num_patterns, data.frame_shape[0]
+    return {"batch": batch,
+            "fft_floor_s": bench_ptycho.fft_floor(n, 1, frame, batch, device=args.device),
+            "fft_floor_scan_s": bench_ptycho.fft_floor(n, 1, frame, n, device=args.device,
+                                                       reuse_memory=False)}
 
 
 def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -157,13 +188,11 @@ def case_ptycho(args: argparse.Namespace) -> list[dict[str, Any]]:
     mask = evaluate.truth_mask(data)
     batch = next((int(v.split("=", 1)[1]) for v in args.set
                   if v.startswith("recon.batch_size=")), 0) or default_batch_size(n, frame**2)
-    floors = {"fft_floor_s": bench_ptycho.fft_floor(n, 1, frame, batch, device=args.device),
-              "fft_floor_scan_s": bench_ptycho.fft_floor(n, 1, frame, n, device=args.device,
-                                                         reuse_memory=False)}
-    rows = [ptycho_ours(data, scan, mask, floors, args)]
+    rows = [ptycho_ours(data, scan, mask, measure_floors(data, batch, args), args)]
     print(harness.format_table(rows[-1:]), flush=True)
     for name in [] if on_gpu(args) else args.peers:  # the peer workers run on the CPU
-        rows.append(ptycho_peer(name, data, scan, mask, floors, args))
+        rows.append(ptycho_peer(name, data, scan, mask, measure_floors(data, batch, args),
+                                args))
         print(harness.format_table(rows[-1:]), flush=True)
     return rows
 
