@@ -106,7 +106,7 @@ class Measurement(nn.Module):
         """``likelihood.nll(self(field, index), measured, valid)`` (scalar) in one autograd
         node with a closed-form backward (``_DetectorNLL``): the same value and gradients
         with fewer passes over the batch and fewer batch-sized arrays. Far field 420 x 128^2,
-        2 threads, against the separate nodes: the loss section alone 5.1 -> 1.8 ms per
+        2 threads, against the separate nodes: the loss section alone 4.9 -> 3.2 ms per
         update of 32 (warm caches); whole epochs change within this shared machine's noise
         (two interleaved series of 8-10 process pairs, new/old 0.94 and 1.08); peak memory
         164-170 -> 155-157 MiB (three fresh processes each).
