@@ -207,8 +207,8 @@ class Amplitude(Likelihood):
     def value_and_slope(self, predicted: Tensor, measured: Tensor, valid: Tensor | None = None
                         ) -> tuple[Tensor, Tensor]:
         """Both from the masked residual r = sqrt(I) - a: the sum of r^2 and the slope
-        r / sqrt(I) (= 1 - a / sqrt(I)), five passes over the batch where value and derivative
-        apart took nine."""
+        r / sqrt(I) (= 1 - a / sqrt(I)), seven passes over the batch where value and
+        derivative apart, masked apart, took nine."""
         root = predicted.add(self.eps).sqrt_()
         residual = torch.sub(root, measured)
         if valid is not None:
