@@ -28,6 +28,7 @@ from diffrecon.losses.likelihoods import make_likelihood
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
 from diffrecon.physics import optics
 from diffrecon.physics.propagators import AngularSpectrum, SamplingWarning
+from diffrecon.recon import initialize
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
 from diffrecon.recon.initialize import central_patterns
@@ -102,7 +103,8 @@ def test_probe_trials_of_a_large_scan_use_its_central_patterns(monkeypatch):
     monkeypatch.setattr(Reconstructor, "run_epoch", run_epoch)
     diffrecon.reconstruct(data, "ptycho", overrides=["recon.epochs=2", *QUIET])
     trials, proper = visited[False], visited[True]
-    assert len(trials) == 7 * 2 + 3 * 8 and proper == [set(range(300))] * 2  # 3 finalists
+    # 7 candidates for 2 epochs, then 3 finalists go on from there to 8
+    assert len(trials) == 7 * 2 + 3 * 6 and proper == [set(range(300))] * 2
     assert all(seen == trials[0] for seen in trials) and len(trials[0]) == 128
     positions = np.asarray(data.positions_m)
     distance = np.linalg.norm(positions - positions.mean(0), axis=1)
@@ -110,6 +112,31 @@ def test_probe_trials_of_a_large_scan_use_its_central_patterns(monkeypatch):
     outside = np.delete(distance, sorted(trials[0]))
     assert inside.max() <= outside.min() + 1e-12
     assert central_patterns(SimpleNamespace(positions=torch.zeros(80, 2))) is None
+
+
+def test_probe_finalists_go_on_from_their_first_trials(small_ptycho, monkeypatch):
+    """A finalist's trial continues where its first one stopped (model, moments, history):
+    its loss equals that of the same candidate run for the full length without a break; the
+    others keep their first-trial loss. (The epoch count is checked in the test above.)"""
+    results = {}
+
+    def compare(model, candidates, make_run):
+        every = len(candidates)
+        results["first"] = initialize.select_initial_guess(
+            model, candidates, make_run, epochs=2, first_epochs=2, finalists=every)
+        results["whole"] = initialize.select_initial_guess(
+            model, candidates, make_run, epochs=8, first_epochs=8, finalists=every)
+        results["staged"] = initialize.select_initial_guess(model, candidates, make_run)
+        return results["staged"]
+
+    monkeypatch.setattr(diffrecon.api, "select_initial_guess", compare)
+    diffrecon.reconstruct(small_ptycho, "ptycho", overrides=["recon.epochs=1", *QUIET])
+    first, whole, staged = results["first"], results["whole"], results["staged"]
+    finalists = sorted(first, key=first.__getitem__)[:3]
+    assert len(staged) == 7
+    for label in staged:
+        expected = whole[label] if label in finalists else first[label]
+        assert staged[label] == pytest.approx(expected, rel=1e-12), label
 
 
 # --- resume ---------------------------------------------------------------------------------
