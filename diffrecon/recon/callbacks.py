@@ -49,7 +49,7 @@ class Metrics:
 
     Used with ground truth (simulated data); history holds NaN on epochs not evaluated, so
     every history entry stays one value per epoch. The comparison aligns the whole object in
-    complex128 (2435 x 2440 pixels: 0.8 GiB of temporaries, 10-20 s on 2 cores); when one
+    complex128 (2435 x 2440 pixels: 0.7 GiB of temporaries, 12-20 s on 2 cores); when one
     takes longer than the epochs since the previous one, a log line says so once, with the
     settings that space them out or turn them off.
     """
