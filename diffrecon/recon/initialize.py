@@ -87,10 +87,13 @@ def select_initial_guess(
             loss = history["loss/total"][-1] if history.get("loss/total") else float("inf")
             return loss if loss == loss else float("inf")
 
-        losses = {label: trial(label, first_epochs) for label in chosen}
+        losses: dict[str, float] = {}
+        for label in chosen:
+            losses[label] = trial(label, first_epochs)
+            # only the best so far may be finalists: the others' moments and states go now
+            for dropped in sorted(runs, key=losses.__getitem__)[finalists:]:
+                runs.pop(dropped), reached.pop(dropped)
         ranked = sorted(losses, key=losses.__getitem__)
-        for label in ranked[finalists:]:  # their moments and states are not needed again
-            runs.pop(label), reached.pop(label)
         for label in ranked[:finalists]:
             losses[label] = trial(label, epochs)
         best = min(ranked[:finalists], key=losses.__getitem__)
