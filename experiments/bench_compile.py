@@ -65,7 +65,7 @@ def measure(data: DiffractionData, compiled: bool, dynamic: bool,
 
     def loss_of(index: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor
                 ) -> torch.Tensor:
-        return likelihood.nll(model(index), measured, valid)
+        return model.nll(index, measured, valid, likelihood)  # the objective's own call
 
     forward = torch.compile(loss_of, dynamic=dynamic) if compiled else loss_of
 
