@@ -267,14 +267,19 @@ def _fits_in_memory_or_lazy(data: DiffractionData, model: ForwardModel,
                             device: torch.device, compact: bool) -> bool:
     """Read the patterns batch by batch when held in memory they would take more than
     ``memory_budget.DATA_SHARE`` of the memory available on ``device`` (logged)."""
-    shape = tuple(data.patterns.shape)
-    if model.propagator.ndim >= len(shape):  # a 3D volume is one measurement: in memory
+    if model.propagator.ndim >= len(data.patterns.shape):  # a 3D volume: one measurement
         return False
-    lazy, why = memory_budget.choose_lazy(
-        shape, memory_budget.stored_dtype(data.patterns), memory_budget.available_bytes(device),
-        compact)
+    lazy, why = _holding(data, device, compact)
     (log.info if lazy else log.debug)("%s: %s", data.source, why)
     return lazy
+
+
+def _holding(data: DiffractionData, device: torch.device | str, compact: bool = True
+             ) -> tuple[bool, str]:
+    """Whether ``data``'s patterns would be read batch by batch on ``device``, and why."""
+    return memory_budget.choose_lazy(
+        tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns),
+        memory_budget.available_bytes(device), compact)
 
 
 def _logger(run_config: RunConfig, out: Path | None) -> Any:
@@ -382,8 +387,6 @@ def inspect(path: str | Path, modality: str = "ptycho") -> str:
     data.validate(needs_positions=model_cls.needs_positions)
     extra = model_cls.describe(data)
     if data.positions_m is not None:  # a scan: held in memory or read batch by batch
-        _, why = memory_budget.choose_lazy(
-            tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns),
-            memory_budget.available_bytes("cpu"))
+        _, why = _holding(data, "cpu")
         extra = "\n".join(filter(None, [extra, f"memory:           {why}"]))
     return cxi.inspect_text(data) + (f"\n{extra}" if extra else "") + "\nvalidation: OK"
