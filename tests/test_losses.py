@@ -15,6 +15,7 @@ from diffrecon.losses.likelihoods import (
     likelihoods,
     magnitude_projection,
     make_likelihood,
+    zero_invalid_,
 )
 from diffrecon.losses.regularizers import (
     amplitude_above_one,
@@ -255,6 +256,29 @@ def test_masked_pixels_get_no_gradient(name):
     likelihood.nll(predicted, likelihood.prepare(measured), valid).backward()
     assert float(predicted.grad[..., 0, :].abs().max()) == 0.0
     assert float(predicted.grad[..., 1:, :].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (1, 5, 6), (3, 5, 6), (4, 3, 5, 6), (1, 1, 5, 6), ()])
+def test_zero_invalid_equals_where_for_every_mask_shape(shape):
+    values = torch.randn(4, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+    valid = torch.rand(shape, generator=torch.Generator().manual_seed(2)) > 0.4
+    expected = torch.where(valid, values, 0.0)
+    out = values.clone()
+    assert zero_invalid_(out, valid) is out
+    assert torch.equal(out, expected)
+    # a non-contiguous array takes the generic path
+    transposed = values.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not transposed.is_contiguous()
+    assert torch.equal(zero_invalid_(transposed, valid), expected)
+
+
+def test_zero_invalid_overwrites_nan_on_masked_pixels():
+    values = torch.ones(2, 3, 4)
+    values[:, 1, 2] = float("nan")
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    valid[1, 2] = False
+    assert torch.isfinite(zero_invalid_(values, valid)).all()
+    assert float(values.sum()) == 2 * 11
 
 
 # --- project --------------------------------------------------------------------------------

@@ -48,6 +48,27 @@ def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
     return torch.where(valid, values, 0.0).sum()
 
 
+def zero_invalid_(values: Tensor, valid: Tensor | None) -> Tensor:
+    """``values`` with the pixels that are not ``valid`` set to zero, in place (NaN and Inf
+    there too); ``valid`` is broadcastable to ``values``.
+
+    A frame mask (trailing dims of ``values``) is applied as an ``index_fill_`` of its
+    invalid pixels along the flattened frame: 32 x 128^2 residuals, 5% invalid, 2 threads:
+    0.13 ms against 0.62 ms for ``masked_fill_`` with the broadcast mask (0.5 ms an update).
+    """
+    if valid is None:
+        return values
+    frame = valid
+    while frame.dim() > 0 and frame.shape[0] == 1:
+        frame = frame[0]
+    lead = values.shape[: values.dim() - frame.dim()]
+    if values.is_contiguous() and values.shape[len(lead):] == frame.shape:
+        invalid = (~frame).reshape(-1).nonzero().squeeze(1)
+        values.view(*lead, -1).index_fill_(-1, invalid, 0.0)
+        return values
+    return values.masked_fill_(~valid, 0.0)
+
+
 class _NLL(torch.autograd.Function):
     """Masked sum of a likelihood's elementwise terms, with the closed-form backward
     ``derivative`` (one fused expression instead of autograd through each elementwise op)."""
@@ -68,7 +89,9 @@ class _NLL(torch.autograd.Function):
 
 
 class Likelihood:
-    """Base class: subclasses implement ``elementwise`` and ``sample``."""
+    """Base class: subclasses implement ``elementwise`` and ``sample`` (and, for the default
+    ``value_and_slope``, ``derivative``), each returning a new tensor: the masked sums zero
+    invalid pixels of those results in place."""
 
     def prepare(self, counts: Tensor) -> Tensor:
         """The form in which measured counts are kept for ``nll`` and ``project``."""
@@ -114,9 +137,7 @@ class Likelihood:
         ``predicted`` (same shape, zero on invalid pixels), outside autograd: the forward pass
         of ``nll`` and of the fused detector loss (``models.measurement``)."""
         values, slope = self.elementwise_and_derivative(predicted, measured)
-        if valid is not None:
-            slope = torch.where(valid, slope, 0.0)
-        return _masked_sum(values, valid), slope
+        return zero_invalid_(values, valid).sum(), zero_invalid_(slope, valid)
 
     def sample(self, expected: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -210,9 +231,7 @@ class Amplitude(Likelihood):
         r / sqrt(I) (= 1 - a / sqrt(I)), seven passes over the batch where value and
         derivative apart, masked apart, took nine."""
         root = predicted.add(self.eps).sqrt_()
-        residual = torch.sub(root, measured)
-        if valid is not None:
-            residual.masked_fill_(~valid, 0.0)
+        residual = zero_invalid_(torch.sub(root, measured), valid)
         total = residual.square().sum()
         return total, residual.div_(root)
 
