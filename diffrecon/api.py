@@ -38,7 +38,11 @@ from diffrecon.recon import callbacks as cb
 from diffrecon.recon import distributed, memory_budget
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
-from diffrecon.recon.host_memory import return_large_blocks, reuse_freed_blocks
+from diffrecon.recon.host_memory import (
+    allocator_hint,
+    return_large_blocks,
+    reuse_freed_blocks,
+)
 from diffrecon.recon.initialize import select_initial_guess
 from diffrecon.recon.multistart import multistart
 from diffrecon.recon.objective import Objective
@@ -271,6 +275,9 @@ def _fits_in_memory_or_lazy(data: DiffractionData, model: ForwardModel,
         return False
     lazy, why = _holding(data, device, compact)
     (log.info if lazy else log.debug)("%s: %s", data.source, why)
+    hint = allocator_hint(_held_bytes(data, compact), torch.device(device).type)
+    if hint is not None and not lazy:
+        log.info("%s", hint)
     return lazy
 
 
@@ -280,6 +287,12 @@ def _holding(data: DiffractionData, device: torch.device | str, compact: bool = 
     return memory_budget.choose_lazy(
         tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns),
         memory_budget.available_bytes(device), compact)
+
+
+def _held_bytes(data: DiffractionData, compact: bool = True) -> int:
+    """Bytes of ``data``'s patterns once held in memory (``memory_budget.held_pattern_bytes``)."""
+    return memory_budget.held_pattern_bytes(
+        tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns), compact)
 
 
 def _logger(run_config: RunConfig, out: Path | None) -> Any:
@@ -388,5 +401,7 @@ def inspect(path: str | Path, modality: str = "ptycho") -> str:
     extra = model_cls.describe(data)
     if data.positions_m is not None:  # a scan: held in memory or read batch by batch
         _, why = _holding(data, "cpu")
-        extra = "\n".join(filter(None, [extra, f"memory:           {why}"]))
+        hint = allocator_hint(_held_bytes(data))
+        extra = "\n".join(filter(None, [extra, f"memory:           {why}",
+                                         hint and f"                  {hint}"]))
     return cxi.inspect_text(data) + (f"\n{extra}" if extra else "") + "\nvalidation: OK"

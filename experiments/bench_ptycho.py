@@ -98,16 +98,18 @@ print(handoff.peak_mb() - base)
 """
 
 
-def reconstruction_memory_mb(path: Path, lazy: bool, *overrides: str) -> float:
+def reconstruction_memory_mb(path: Path, lazy: bool, *overrides: str,
+                             env: dict[str, str] | None = None) -> float:
     """Peak resident memory added by loading and reconstructing ``path`` (3 epochs, MiB), in a
     fresh process, above its resident memory once Python, torch and diffrecon are imported
     (the peak reached while importing does not hide the reconstruction's own). The peak is
     the process's VmHWM (``handoff.peak_mb``), which does not inherit the caller's. Without truth
     metrics: their alignment of the whole object in complex128 is a cost of simulated data
-    only (about 2 GiB on a 2435^2 object), not of a reconstruction."""
+    only (about 2 GiB on a 2435^2 object), not of a reconstruction. ``env``: the process's
+    environment (e.g. ``host_memory.jemalloc_environment()``), default the caller's."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path),
                           "lazy" if lazy else "memory", str(HERE / "bench"), *overrides],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import subprocess
-import sys
 import warnings
 from types import SimpleNamespace
 
@@ -445,81 +442,3 @@ def test_accumulated_minibatches_equal_one_batch_of_their_union(small_ptycho):
     with pytest.raises(diffrecon.errors.ConfigError, match="accumulate_batches"):
         diffrecon.reconstruct(data, "ptycho", overrides=[
             "algorithm.name=epie", "algorithm.accumulate_batches=2", *settings])
-
-
-# --- host memory ----------------------------------------------------------------------------
-
-
-FAULTS_PROBE = """
-import resource, torch
-from diffrecon.recon.host_memory import return_large_blocks, reuse_freed_blocks
-
-def faults(count=24, mib=48):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(count):
-        block = torch.ones(mib * 2**18)  # touched: every page faulted in when freshly mapped
-        del block
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-def resident_mib():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-outside = faults()
-with reuse_freed_blocks() as applied:
-    inside = faults()
-    base = resident_mib()
-    block = torch.ones(200 * 2**18)
-    del block
-    kept = resident_mib() - base  # a freed block stays resident for reuse
-    with return_large_blocks():
-        block = torch.ones(300 * 2**18)
-        del block
-    returned = resident_mib() - base  # mapped, unmapped on free; the heap trimmed on exit
-    again = faults()
-print(outside, inside, applied, round(kept), round(returned), again)
-"""
-
-
-def test_freed_host_blocks_are_reused_during_a_run(small_ptycho):
-    """Inside ``reuse_freed_blocks`` freed 48 MiB blocks are reused instead of unmapped and
-    faulted in afresh (glibc maps allocations above 32 MiB anew each time), except within
-    ``return_large_blocks``; measured in a
-    fresh process (a long-lived one's arenas depend on its history). The results of a
-    reconstruction do not depend on it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", FAULTS_PROBE], capture_output=True,
-                          text=True, env=env, check=True)
-    outside, inside, applied, kept, returned, again = done.stdout.split()
-    if applied != "True":
-        pytest.skip("not glibc: the allocator is left alone")
-    # 12288 pages a block: outside every one of the 24 is fresh; inside only the first one to
-    # five (the heap growing to its working size; 1-5 over 40 fresh processes), then reused
-    assert int(outside) > 24 * 10_000 and int(inside) < int(outside) / 3
-    # a freed 200 MiB block stays resident; one-off work within return_large_blocks (the
-    # truth comparison) leaves nothing resident, and the reuse resumes after it
-    assert int(kept) > 100 and int(returned) < 20 and int(again) < int(outside) / 3
-    runs = [diffrecon.reconstruct(small_ptycho, "ptycho", overrides=[
-        "recon.epochs=2", f"recon.reuse_host_memory={flag}", *QUIET]) for flag in ("true", "false")]
-    np.testing.assert_array_equal(runs[0].results["object"], runs[1].results["object"])
-
-
-def test_truth_comparison_runs_with_large_blocks_returned(small_ptycho, monkeypatch):
-    """During a run (freed blocks kept for reuse) each comparison with the truth runs within
-    ``return_large_blocks``, so that its temporaries do not stay resident afterwards."""
-    import contextlib
-
-    import diffrecon.api as api
-
-    entered = []
-
-    @contextlib.contextmanager
-    def record(enabled=True):
-        entered.append(True)
-        yield True
-
-    monkeypatch.setattr(api, "return_large_blocks", record)
-    result = diffrecon.reconstruct(small_ptycho, "ptycho", overrides=[
-        "recon.epochs=4", "log.metric_every=2", *QUIET, *FOLDER_OFF])
-    assert len(entered) == 2  # epochs 2 and 4; the final metrics come after the run
-    assert np.isfinite(result.metrics["nrmse"])

@@ -62,6 +62,7 @@ import diffrecon  # noqa: E402
 import diffrecon.api  # noqa: E402
 import diffrecon.data.cxi  # noqa: E402
 from diffrecon.data.simulate import CDISimulation, simulate_cdi  # noqa: E402
+from diffrecon.recon.host_memory import jemalloc_environment  # noqa: E402
 from diffrecon.recon.reconstructor import default_batch_size  # noqa: E402
 
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.report=false"]
@@ -124,6 +125,7 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float
     seconds = result.history["time/epoch_s"]
     errors = result.history["metric/nrmse"]
     done = [i + 1 for i, e in enumerate(errors) if np.isfinite(e)]
+    allocator_note = ""
     if on_gpu(args):  # the GPU's own peak (data, object, batch intermediates), not host RSS
         memory = torch.cuda.max_memory_allocated() / 2**20
         lazy = gpu_peak_mb(lambda: diffrecon.reconstruct(scan, "ptycho", lazy=True, overrides=[
@@ -131,12 +133,16 @@ def ptycho_ours(data: Any, scan: Path, mask: np.ndarray, floors: dict[str, float
     else:
         memory = bench_ptycho.reconstruction_memory_mb(scan, False, *args.set)
         lazy = bench_ptycho.reconstruction_memory_mb(scan, True, *args.set)
+        jemalloc = jemalloc_environment()  # the same process under jemalloc, if installed
+        if jemalloc is not None:
+            peak = bench_ptycho.reconstruction_memory_mb(scan, False, *args.set, env=jemalloc)
+            allocator_note = f"; jemalloc peak {peak:.0f} MiB"
     return harness.summarize(
         "ptycho", harness.OURS, seconds, done, [errors[i - 1] for i in done],
         setup_s=wall - sum(seconds) - spent[0],
         fft_floor_s=statistics.median(passes or [floors["fft_floor_s"]]),
         fft_floor_scan_s=floors["fft_floor_scan_s"], peak_mb=memory,
-        note=f"defaults; lazy peak {lazy:.0f} MiB; raw data "
+        note=f"defaults; lazy peak {lazy:.0f} MiB{allocator_note}; raw data "
              f"{data.patterns.nbytes / 2**20:.1f} MiB; floor from {len(passes)} passes "
              "between epochs")
 
