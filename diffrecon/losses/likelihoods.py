@@ -42,12 +42,6 @@ def magnitude_projection(
     return field * scale.unsqueeze(1)
 
 
-def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
-    if valid is None:
-        return values.sum()
-    return torch.where(valid, values, 0.0).sum()
-
-
 def zero_invalid_(values: Tensor, valid: Tensor | None) -> Tensor:
     """``values`` with the pixels that are not ``valid`` set to zero, in place (NaN and Inf
     there too); ``valid`` is broadcastable to ``values``.
@@ -77,7 +71,7 @@ class _NLL(torch.autograd.Function):
     def forward(ctx, predicted: Tensor, measured: Tensor, valid: Tensor | None,
                 likelihood: Likelihood) -> Tensor:
         if not ctx.needs_input_grad[0]:
-            return _masked_sum(likelihood.elementwise(predicted, measured), valid)
+            return zero_invalid_(likelihood.elementwise(predicted, measured), valid).sum()
         total, slope = likelihood.value_and_slope(predicted, measured, valid)
         ctx.save_for_backward(slope)
         return total

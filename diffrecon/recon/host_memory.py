@@ -97,7 +97,6 @@ def return_large_blocks(enabled: bool = True) -> Iterator[bool]:
         libc.malloc_trim(0)
 
 
-
 def jemalloc_library() -> str | None:
     """The file name of the system's jemalloc shared library (e.g. ``libjemalloc.so.2``;
     Debian/Ubuntu package ``libjemalloc2``), or None where there is none."""
@@ -134,8 +133,8 @@ def allocator_hint(pattern_bytes: int, device: str = "cpu") -> str | None:
     (256 MiB or more) while this process runs the system allocator; None otherwise."""
     if device != "cpu" or pattern_bytes < 256 * 2**20 or allocator_in_use() == "jemalloc":
         return None
-    how = ("start Python with LD_PRELOAD=" + jemalloc_library()
-           + f" MALLOC_CONF={JEMALLOC_CONF}") if jemalloc_library() else (
-        "install jemalloc (Debian/Ubuntu: libjemalloc2) and start Python with it preloaded")
+    library = jemalloc_library()
+    how = (f"run with LD_PRELOAD={library} MALLOC_CONF={JEMALLOC_CONF} set" if library else
+           "install jemalloc (Debian/Ubuntu: libjemalloc2) and run with it preloaded")
     return (f"allocator: the system's; on large scans jemalloc holds about a fifth less host "
             f"memory ({how}; README, 'Large scans')")
