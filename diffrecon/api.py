@@ -40,6 +40,7 @@ from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.recon.evaluation import truth_evaluator
 from diffrecon.recon.host_memory import (
     allocator_hint,
+    restart_under_jemalloc,
     return_large_blocks,
     reuse_freed_blocks,
 )
@@ -287,6 +288,17 @@ def _holding(data: DiffractionData, device: torch.device | str, compact: bool = 
     return memory_budget.choose_lazy(
         tuple(data.patterns.shape), memory_budget.stored_dtype(data.patterns),
         memory_budget.available_bytes(device), compact)
+
+
+def prefer_jemalloc(path: str | Path, device: str | None = None) -> None:
+    """For the command line, before ``reconstruct``: restart the process under jemalloc when
+    the scan in ``path`` would be held in host memory and is large
+    (``host_memory.restart_under_jemalloc``); returns when it does not restart."""
+    data = load(path, lazy=True)
+    device = torch.device(device or "cpu")
+    if data.positions_m is None or _holding(data, device)[0]:
+        return
+    restart_under_jemalloc(_held_bytes(data), device.type)
 
 
 def _held_bytes(data: DiffractionData, compact: bool = True) -> int:

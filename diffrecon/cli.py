@@ -174,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(_summary(result, time.perf_counter() - start))
     elif args.command == "reconstruct":
+        if getattr(args, "console", False) and args.lazy is not True:
+            api.prefer_jemalloc(args.data, args.device)  # may restart this process
         overrides = list(args.overrides) + quiet
         if args.device:
             overrides.append(f'recon.device="{args.device}"')
@@ -195,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.console = argv is None  # the command line itself, not a call from Python
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s"
     )

@@ -4,10 +4,10 @@
     python experiments/bench_memory.py --scenes design --repeats 5
     python experiments/bench_memory.py --file scan.cxi          # a file of yours
 
-Each measurement is a fresh process that loads the file and runs 3 epochs with the defaults
-(``bench_ptycho.reconstruction_memory_mb``: the kernel's high-water mark above the resident
-size once torch and diffrecon are imported), in memory and read batch by batch, with the
-system allocator (glibc here) and, where the library is installed, with jemalloc
+Each measurement is a fresh process that loads the file and runs 3 epochs (``--epochs``) with
+the defaults (``bench_ptycho.reconstruction_memory_mb``: the kernel's high-water mark above
+the resident size once torch and diffrecon are imported), in memory and read batch by batch,
+with the system allocator (glibc here) and, where the library is installed, with jemalloc
 (``diffrecon.recon.host_memory.jemalloc_environment``). Runs of the allocators alternate, so
 that a drift of the machine touches both alike. The ratio is the median peak over the raw
 data (the patterns as float32). Results go to experiments/out/bench_memory.json. CI does not
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import bench_ptycho  # noqa: E402
 
 import diffrecon  # noqa: E402
 import diffrecon.data.cxi  # noqa: E402
-from diffrecon.recon.host_memory import jemalloc_environment  # noqa: E402
+from diffrecon.recon.host_memory import jemalloc_environment, system_environment  # noqa: E402
 
 SCENES = {"design": HERE / "configs" / "ptycho_design.toml",
           "large": HERE / "configs" / "ptycho_large.toml"}
@@ -54,7 +53,7 @@ def raw_mb(path: Path) -> float:
 
 def environments() -> dict[str, dict[str, str]]:
     """The allocators to compare: the system's, and jemalloc where it is installed."""
-    system = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    system = system_environment()
     envs = {"system": system}
     jemalloc = jemalloc_environment(system)
     if jemalloc is not None:
@@ -92,7 +91,7 @@ def timing(path: Path, repeats: int, epochs: int) -> list[dict]:
     return [{"file": str(path), "allocator": k, "epoch_s": v} for k, v in times.items()]
 
 
-def measure(path: Path, repeats: int, modes: list[str]) -> list[dict]:
+def measure(path: Path, repeats: int, modes: list[str], epochs: int = 3) -> list[dict]:
     raw = raw_mb(path)
     rows = []
     for mode in modes:
@@ -100,10 +99,11 @@ def measure(path: Path, repeats: int, modes: list[str]) -> list[dict]:
         for _ in range(repeats):
             for name, env in environments().items():
                 peaks[name].append(bench_ptycho.reconstruction_memory_mb(
-                    path, mode == "lazy", env=env))
+                    path, mode == "lazy", f"recon.epochs={epochs}", env=env))
         for name, values in peaks.items():
             median = statistics.median(values)
             rows.append({"file": str(path), "raw_mb": raw, "mode": mode, "allocator": name,
+                         "epochs": epochs,
                          "peaks_mb": values, "median_mb": median, "ratio": median / raw})
             print(f"{path.name:24s} {raw:7.1f} MiB  {mode:6s} {name:8s} peak "
                   f"{min(values):6.0f}-{max(values):6.0f} MiB, median {median:6.0f} "
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="*", default=["memory", "lazy"],
                         choices=["memory", "lazy"])
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs of each memory run (glibc's peak grows over the first ten)")
     parser.add_argument("--time-epochs", type=int, default=0,
                         help="also time this many epochs per process under each allocator")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "bench_memory.json")
@@ -132,7 +134,7 @@ def main() -> None:
                 files.append(Path(scratch) / f"{scene}.cxi")
                 diffrecon.data.cxi.save(diffrecon.simulate(SCENES[scene]), files[-1])
         for path in files:
-            rows += measure(path, args.repeats, args.modes)
+            rows += measure(path, args.repeats, args.modes, args.epochs)
             if args.time_epochs:
                 rows += timing(path, args.repeats, args.time_epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,12 @@ import pytest
 
 import diffrecon
 from diffrecon.recon import host_memory
-from diffrecon.recon.host_memory import JEMALLOC_CONF, allocator_hint, jemalloc_environment
+from diffrecon.recon.host_memory import (
+    JEMALLOC_CONF,
+    allocator_hint,
+    jemalloc_environment,
+    system_environment,
+)
 
 QUIET = ["log.progress=false"]
 FOLDER_OFF = ["log.tensorboard=false", "log.report=false"]
@@ -137,17 +142,24 @@ print(allocator_in_use(), applied)
 """
 
 
-def test_a_process_started_with_jemalloc_reconstructs_the_same(small_ptycho, tmp_path):
-    """Under ``jemalloc_environment`` a fresh process maps jemalloc, leaves glibc's settings
-    alone and reconstructs what the system allocator does, bit for bit."""
-    env = jemalloc_environment()
-    if env is None:
+@pytest.fixture
+def scan_file(small_ptycho, tmp_path):
+    """The small scan as a CXI file, for tests that start processes with jemalloc (skipped
+    where it is not installed, as on CI)."""
+    if jemalloc_environment() is None:
         pytest.skip("jemalloc is not installed (Debian/Ubuntu: libjemalloc2)")
     path = tmp_path / "scan.cxi"
     diffrecon.data.cxi.save(small_ptycho, path)
-    system = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    return path
+
+
+def test_a_process_started_with_jemalloc_reconstructs_the_same(scan_file, tmp_path):
+    """Under ``jemalloc_environment`` a fresh process maps jemalloc, leaves glibc's settings
+    alone and reconstructs what the system allocator does, bit for bit."""
+    path = scan_file
+    system = system_environment()
     outputs = []
-    for name, environment in (("system", system), ("jemalloc", env)):
+    for name, environment in (("system", system), ("jemalloc", jemalloc_environment(system))):
         out = tmp_path / f"{name}.npy"
         done = subprocess.run([sys.executable, "-c", JEMALLOC_PROBE, str(path), str(out)],
                               capture_output=True, text=True, env=environment, check=True)
@@ -172,3 +184,82 @@ def test_a_run_held_in_memory_logs_the_allocator_hint(small_ptycho, monkeypatch,
                               overrides=["recon.epochs=1", *QUIET, *FOLDER_OFF])
     assert "HINT" in caplog.text
     assert sizes == [small_ptycho.patterns.size * 4]  # float counts: held as float32 at most
+
+
+@pytest.fixture
+def restart_calls(monkeypatch):
+    """``os.execve`` recorded instead of run; jemalloc installed, this process under glibc."""
+    calls = []
+    monkeypatch.setattr(host_memory.os, "execve", lambda *args: calls.append(args))
+    monkeypatch.setattr(host_memory, "jemalloc_library", lambda: "libjemalloc.so.2")
+    monkeypatch.setattr(host_memory, "allocator_in_use", lambda: "system")
+    monkeypatch.setattr(host_memory.sys, "platform", "linux")
+    for name in ("DIFFRECON_ALLOCATOR", host_memory.RESTARTED, "LD_PRELOAD", "MALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_a_large_scan_restarts_the_command_under_jemalloc(restart_calls, monkeypatch):
+    restart = host_memory.restart_under_jemalloc
+    restart(host_memory.LARGE_SCAN_BYTES - 1)
+    restart(host_memory.LARGE_SCAN_BYTES, device="cuda")
+    assert restart_calls == []  # small, or not in host memory
+    restart(host_memory.LARGE_SCAN_BYTES)
+    (executable, argv, env), = restart_calls
+    assert executable == sys.executable and argv == [sys.executable, *sys.orig_argv[1:]]
+    assert env["LD_PRELOAD"].startswith("libjemalloc.so.2")
+    assert env["MALLOC_CONF"] == JEMALLOC_CONF and env[host_memory.RESTARTED] == "1"
+
+
+@pytest.mark.parametrize("why", ["restarted", "system", "jemalloc", "no library", "macos"])
+def test_no_restart_when_it_does_not_apply(restart_calls, monkeypatch, why):
+    if why == "restarted":
+        monkeypatch.setenv(host_memory.RESTARTED, "1")  # never twice: no loop
+    elif why == "system":
+        monkeypatch.setenv("DIFFRECON_ALLOCATOR", "system")
+    elif why == "jemalloc":
+        monkeypatch.setattr(host_memory, "allocator_in_use", lambda: "jemalloc")
+    elif why == "no library":
+        monkeypatch.setattr(host_memory, "jemalloc_library", lambda: None)
+    else:
+        monkeypatch.setattr(host_memory.sys, "platform", "darwin")
+    host_memory.restart_under_jemalloc(2**30)
+    assert restart_calls == []
+
+
+def test_diffrecon_allocator_jemalloc_restarts_whatever_the_size(restart_calls, monkeypatch):
+    monkeypatch.setenv("DIFFRECON_ALLOCATOR", "jemalloc")
+    host_memory.restart_under_jemalloc(1)
+    assert len(restart_calls) == 1
+
+
+def test_only_the_command_line_itself_may_restart(small_ptycho, tmp_path, monkeypatch):
+    """``diffrecon reconstruct`` run as a command checks for a restart; ``cli.main([...])``
+    called from Python (a notebook, these tests) never replaces its process."""
+    import diffrecon.api as api
+    from diffrecon import cli
+
+    path = tmp_path / "scan.cxi"
+    diffrecon.data.cxi.save(small_ptycho, path)
+    checked = []
+    monkeypatch.setattr(api, "prefer_jemalloc", lambda *args: checked.append(args))
+    command = ["reconstruct", str(path), "--out", str(tmp_path / "run"), "--set",
+               "recon.epochs=1", *(f"--set={o}" for o in [*QUIET, *FOLDER_OFF])]
+    assert cli.main(command) == 0 and checked == []
+    monkeypatch.setattr(sys, "argv", ["diffrecon", *command])
+    assert cli.main() == 0 and checked == [(str(path), None)]
+
+
+def test_the_command_restarts_under_jemalloc_and_completes(scan_file, tmp_path):
+    """End to end, where jemalloc is installed: the restarted process says it runs jemalloc
+    and writes its run folder."""
+    path = scan_file
+    env = {**system_environment(), "DIFFRECON_ALLOCATOR": "jemalloc"}
+    done = subprocess.run(
+        [sys.executable, "-m", "diffrecon", "reconstruct", str(path), "--out",
+         str(tmp_path / "run"), "--set", "recon.epochs=1", "--set", "log.progress=false"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "restarting under jemalloc" in done.stderr
+    assert "host memory: jemalloc allocator" in done.stderr
+    assert (tmp_path / "run" / "reconstruction.h5").exists()
