@@ -32,8 +32,8 @@ batch), with epochs within this machine's noise of glibc's. That is with ``JEMAL
 separate arena for blocks above 8 MiB and no purging of freed pages, whose page faults made
 epochs a third slower or more. ``jemalloc_environment`` gives the environment that starts a
 process with it; ``restart_under_jemalloc`` restarts ``diffrecon reconstruct`` under it for a
-large scan; ``experiments/bench_memory.py`` measures both allocators. Over 20 epochs of that
-scan glibc's peak climbed to 971 MiB (1.94x) by epoch 10, jemalloc's to 651 MiB (1.30x).
+large scan; ``experiments/bench_memory.py`` measures both allocators. In two 20-epoch runs of
+that scan glibc's peak reached 835 and 971 MiB (1.67-1.94x), jemalloc's 651 and 692 MiB.
 """
 
 from __future__ import annotations
