@@ -233,6 +233,15 @@ def test_diffrecon_allocator_jemalloc_restarts_whatever_the_size(restart_calls, 
     assert len(restart_calls) == 1
 
 
+def test_an_unknown_diffrecon_allocator_is_reported_and_taken_as_auto(
+        restart_calls, monkeypatch, caplog):
+    monkeypatch.setenv("DIFFRECON_ALLOCATOR", "jemaloc")
+    host_memory.restart_under_jemalloc(1)
+    assert restart_calls == [] and "expected auto, system or jemalloc" in caplog.text
+    host_memory.restart_under_jemalloc(2**30)
+    assert len(restart_calls) == 1
+
+
 def test_only_the_command_line_itself_may_restart(small_ptycho, tmp_path, monkeypatch):
     """``diffrecon reconstruct`` run as a command checks for a restart; ``cli.main([...])``
     called from Python (a notebook, these tests) never replaces its process."""

@@ -168,6 +168,9 @@ def restart_under_jemalloc(pattern_bytes: int, device: str = "cpu") -> None:
     (so a library that fails to preload cannot loop).
     """
     choice = os.environ.get("DIFFRECON_ALLOCATOR", "auto")
+    if choice not in ("auto", "system", "jemalloc"):
+        log.warning("DIFFRECON_ALLOCATOR=%s: expected auto, system or jemalloc; using auto",
+                    choice)
     if os.environ.get(RESTARTED):
         log.info("host memory: %s allocator", allocator_in_use())
         return
