@@ -116,7 +116,7 @@ def _run_factory(model: ForwardModel, batches: PatternBatches, objective: Object
     specs = algorithm.adjust_specs(run_config.param_specs(model.param_specs()))
 
     def make(target: ForwardModel) -> Reconstructor:
-        plan = ParameterPlan(target.named_fields(), specs)
+        plan = ParameterPlan(target.named_fields(), specs, spares=target.spares)
         return Reconstructor(target, batches, objective, algorithm, plan, run_config.recon,
                              comm=comm)
 

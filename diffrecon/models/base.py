@@ -20,6 +20,7 @@ from diffrecon.config import doc
 from diffrecon.losses.likelihoods import Likelihood
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics.propagators import Propagator
+from diffrecon.physics.spares import SpareTensors
 from diffrecon.registry import Registry
 
 Tensor = torch.Tensor
@@ -96,6 +97,9 @@ class ForwardModel(nn.Module):
         super().__init__()
         self.propagator = propagator
         self.measurement = measurement
+        #: gradient buffers handed back between updates (``ParameterPlan.zero_grad``) for the
+        #: backward passes that take them (``physics.overlap``)
+        self.spares = SpareTensors()
 
     # --- the fixed pipeline -------------------------------------------------------------
     def forward(self, index: Tensor) -> Tensor:

@@ -240,7 +240,7 @@ class FourierPtycho(ForwardModel):
 
     def exit_wave(self, index: Tensor) -> Tensor:
         corners, fraction, weights = self._windows(index)
-        psi = overlap(self.object, self.current_pupil()[None], corners, fraction)
+        psi = overlap(self.object, self.current_pupil()[None], corners, fraction, self.spares)
         return psi.reshape(*weights.shape, *psi.shape[-2:]) * weights[..., None, None]
 
     def callbacks(self) -> list[Any]:

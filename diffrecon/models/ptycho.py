@@ -276,6 +276,7 @@ class Ptycho(ForwardModel):
             yield
         finally:
             self.object, self.positions = full_object, full_positions
+            self.spares.clear()  # the crop's gradient buffer
 
     def _placement(self, index: Tensor) -> tuple[Tensor, Tensor]:
         positions = self.positions[index]
@@ -292,7 +293,7 @@ class Ptycho(ForwardModel):
     def exit_wave(self, index: Tensor) -> Tensor:
         corners, fraction = self._placement(index)
         return overlap(self.object, self.probe, corners,
-                       fraction if self.config.subpixel else None)
+                       fraction if self.config.subpixel else None, self.spares)
 
     @torch.no_grad()
     def constrain(self) -> None:

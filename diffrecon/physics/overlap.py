@@ -18,6 +18,7 @@ import torch
 
 from diffrecon.physics.shifts import gather_windows as gather_patches
 from diffrecon.physics.shifts import insert_patches, phase_ramps, separable_ramps, shift_modes
+from diffrecon.physics.spares import SpareTensors
 
 Tensor = torch.Tensor
 
@@ -37,7 +38,8 @@ class _Overlap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, obj: Tensor, probe: Tensor, corners: Tensor,
-                ramps: tuple[Tensor, Tensor] | None, shifts_px: Tensor | None) -> Tensor:
+                ramps: tuple[Tensor, Tensor] | None, shifts_px: Tensor | None,
+                spares: SpareTensors | None) -> Tensor:
         patches = gather_patches(obj, corners, tuple(probe.shape[-2:]))
         shifted_spectrum = None
         if ramps is None:
@@ -49,6 +51,7 @@ class _Overlap(torch.autograd.Function):
         keep = shifted_spectrum if ctx.needs_input_grad[4] else None
         ctx.save_for_backward(patches, shifted, corners, *(ramps or (None, None)), keep)
         ctx.object_shape = tuple(obj.shape)
+        ctx.spares = spares
         return patches * shifted
 
     @staticmethod
@@ -67,10 +70,14 @@ class _Overlap(torch.autograd.Function):
             # conj(sum of patches) = sum of conj(patches): conjugate the smaller of the two
             # (2000 x 256^2 scan: batches of 16 x 256^2 against a 2435 x 2440 object, 6x less
             # memory traffic; at 32 x 128^2 on a 638 x 640 object the object is smaller)
+            out = (None if ctx.spares is None else
+                   ctx.spares.zeros(ctx.object_shape, weighted.dtype, weighted.device))
             if weighted.numel() < math.prod(ctx.object_shape):
-                grad_obj = insert_patches(weighted.conj_physical_(), corners, ctx.object_shape)
+                grad_obj = insert_patches(weighted.conj_physical_(), corners, ctx.object_shape,
+                                          out)
             else:
-                grad_obj = insert_patches(weighted, corners, ctx.object_shape).conj_physical_()
+                grad_obj = insert_patches(weighted, corners, ctx.object_shape,
+                                          out).conj_physical_()
             del weighted
         if ctx.needs_input_grad[1]:
             weighted = grad_conj * patches  # conj of grad * conj(patches)
@@ -94,10 +101,11 @@ class _Overlap(torch.autograd.Function):
                 dpsi = patches * derivative
                 columns.append((dpsi.conj_physical() * grad).real.sum(dim=(1, 2, 3)))
             grad_shifts = torch.stack(columns, dim=1)
-        return grad_obj, grad_probe, None, None, grad_shifts
+        return grad_obj, grad_probe, None, None, grad_shifts, None
 
 
-def overlap(obj: Tensor, probe: Tensor, corners: Tensor, shifts_px: Tensor | None) -> Tensor:
+def overlap(obj: Tensor, probe: Tensor, corners: Tensor, shifts_px: Tensor | None,
+            spares: SpareTensors | None = None) -> Tensor:
     """Exit waves (B, M, h, w) of probe modes ``probe`` (M, h, w) on object ``obj`` (1, H, W).
 
     Args:
@@ -107,10 +115,12 @@ def overlap(obj: Tensor, probe: Tensor, corners: Tensor, shifts_px: Tensor | Non
         shifts_px: sub-pixel probe offsets (B, 2) in [0, 1) pixels, or None (no shift). The
             gradient with respect to them (position refinement) is computed only when they
             require it; it costs two more batches of FFTs.
+        spares: where the object gradient's memory comes from (the previous update's gradient,
+            handed back by ``ParameterPlan.zero_grad``); freshly allocated when None.
     """
     ramps = None if shifts_px is None else separable_ramps(
         shifts_px.detach(), probe.shape[-2:], probe.dtype)
-    return _Overlap.apply(obj, probe, corners, ramps, shifts_px)
+    return _Overlap.apply(obj, probe, corners, ramps, shifts_px, spares)
 
 
 def overlap_autograd(obj: Tensor, probe: Tensor, corners: Tensor, shifts_px: Tensor) -> Tensor:

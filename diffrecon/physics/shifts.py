@@ -78,31 +78,32 @@ def extract_patches(obj: Tensor, corners: Tensor, patch_shape: tuple[int, int]) 
 
 
 def insert_patches(
-    patches: Tensor, corners: Tensor, object_shape: tuple[int, ...]
+    patches: Tensor, corners: Tensor, object_shape: tuple[int, ...],
+    out: Tensor | None = None,
 ) -> Tensor:
     """Adjoint of ``extract_patches``: sum ``patches`` (B, ..., h, w) into a zero object.
 
-    Returns shape ``object_shape`` (..., H, W); overlapping patches add up.
+    Returns shape ``object_shape`` (..., H, W); overlapping patches add up. ``out``: a zero,
+    contiguous tensor of that shape (and the patches' dtype and device) to sum into and
+    return, e.g. a recycled gradient (``SpareTensors.zeros``); a new one when None.
     """
     h, w = patches.shape[-2:]
     lead = tuple(object_shape[:-2])
+    if out is None:
+        out = torch.zeros(object_shape, dtype=patches.dtype, device=patches.device)
     if patches.device.type == "cpu" and not torch.compiler.is_compiling():
         # Accumulate through the strided view of every window (the one ``gather_windows``
         # reads): no (B, h*w) flat-index arithmetic. CPU only: on CUDA, index_put_ would first
         # make the overlapping view contiguous. 400 x 64^2 far field, 1 thread: 208 -> 122 us
         # per batch of 50. Not under torch.compile, whose functionalization refuses writes
         # into overlapping views (experiments/bench_compile.py).
-        out = torch.zeros(object_shape, dtype=patches.dtype, device=patches.device)
         windows = out.unfold(-2, h, 1).unfold(-2, w, 1).movedim((-4, -3), (0, 1))
         windows.index_put_((corners[:, 0], corners[:, 1]), patches, accumulate=True)
         return out
     index = patch_indices(corners, (h, w), object_shape[-1]).reshape(-1)
     values = patches.reshape(patches.shape[0], *lead, h * w).movedim(0, -2).reshape(*lead, -1)
-    out = torch.zeros(
-        (*lead, object_shape[-2] * object_shape[-1]), dtype=patches.dtype, device=patches.device
-    )
-    out.index_add_(-1, index, values)
-    return out.reshape(object_shape)
+    out.view(*lead, -1).index_add_(-1, index, values)
+    return out
 
 
 def illumination_map(

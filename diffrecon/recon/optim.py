@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim.adam import adam
 
 from diffrecon.models.base import ParamSpec
+from diffrecon.physics.spares import SpareTensors
 
 Tensor = torch.Tensor
 
@@ -92,14 +93,18 @@ class ParameterPlan:
         fields: learnable tensors by canonical name.
         specs: how each is optimised; names absent from ``specs`` or disabled are frozen.
         force_optimizer: build every optimiser of this kind (PIE uses plain SGD with lr 1).
+        spares: where ``zero_grad`` hands the gradients back for reuse by the next backward
+            pass (the model's ``spares``); dropped when None.
     """
 
     def __init__(
         self, fields: dict[str, nn.Parameter], specs: dict[str, ParamSpec],
         force_optimizer: str | None = None, force_lr: float | None = None,
+        spares: SpareTensors | None = None,
     ) -> None:
         self.fields = fields
         self.specs = specs
+        self.spares = spares
         self.optimizers: dict[str, FieldOptimizer] = {}
         for name, spec in specs.items():
             if not spec.enabled or name not in fields or spec.optimizer == "callback":
@@ -113,7 +118,10 @@ class ParameterPlan:
         return [name for name in self.optimizers if self.specs[name].active(epoch)]
 
     def zero_grad(self) -> None:
+        """Clear every gradient, handing it to ``spares`` (if any) for the next update."""
         for parameter in self.fields.values():
+            if self.spares is not None:
+                self.spares.give(parameter.grad)
             parameter.grad = None
 
     def step(self, names: list[str]) -> None:
