@@ -326,7 +326,10 @@ def _callbacks(run_config: RunConfig, out: Path | None, logger: Any,
         "likelihood": run_config.loss.likelihood, "epochs": run_config.recon.epochs,
         "batch_size": run_config.recon.batch_size,
     }
-    callbacks.append(cb.TensorBoard(logger, hparams, run_config.log.image_every))
+    if not isinstance(logger, NullLogger):
+        # without TensorBoard its images would still be drawn: results (an object-sized
+        # illumination map) and matplotlib (about 25 MiB resident) every image_every epochs
+        callbacks.append(cb.TensorBoard(logger, hparams, run_config.log.image_every))
     if out is not None:
         callbacks.append(cb.Checkpoint(out / "checkpoint.pt", config_to_dict(run_config),
                                        run_config.recon.checkpoint_every))
