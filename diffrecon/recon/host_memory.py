@@ -1,8 +1,8 @@
 """Host (CPU) allocator settings while a reconstruction runs: large blocks reused, not remapped.
 
 glibc serves every allocation above its mmap threshold (adaptive, at most 32 MiB) from a fresh
-``mmap`` and unmaps it on ``free``. A reconstruction creates object-sized tensors on every
-update (the object gradient, the optimizer's temporaries), so with an object above 32 MiB
+``mmap`` and unmaps it on ``free``. A reconstruction used to create object-sized tensors on
+every update (the object gradient, the optimizer's temporaries), so with an object above 32 MiB
 (about 2000 x 2000 complex64 pixels) the kernel zero-fills and page-faults that memory in
 again and again: on 2000 patterns of 256x256 (a 2435 x 2440 object, 1 thread) the kernel's
 page-fault work was a third of the run (38 of 115 s, 26.5 million minor faults). With mmap off
@@ -21,19 +21,21 @@ re-faulted the pages.)
 It does nothing on other C libraries (macOS, Windows, musl) or when the user set any
 ``MALLOC_*`` environment variable (their choice wins).
 
-**jemalloc holds less.** Even with these settings glibc's heap fragments: object-sized blocks
-(the gradient of every update) and batch-sized ones interleave, and freed space too small for
-the next object-sized block stays resident. On 2000 x 256^2 frames (500 MiB of counts) the
-peak of a 3-epoch run ranged over 724-948 MiB in 18 fresh processes of this and four recent
-commits (1.45-1.90x the data), and in a longer run it rose by one object-sized block now and
-then as epochs went on. jemalloc keeps blocks of a size class together: 643 MiB in every run
-(1.29x), and on 420 x 128^2 141 instead of 154-175 MiB (123 instead of 176-182 read batch by
-batch), with epochs within this machine's noise of glibc's. That is with ``JEMALLOC_CONF``: no
-separate arena for blocks above 8 MiB and no purging of freed pages, whose page faults made
-epochs a third slower or more. ``jemalloc_environment`` gives the environment that starts a
-process with it; ``restart_under_jemalloc`` restarts ``diffrecon reconstruct`` under it for a
-large scan; ``experiments/bench_memory.py`` measures both allocators. In two 20-epoch runs of
-that scan glibc's peak reached 835 and 971 MiB (1.67-1.94x), jemalloc's 651 and 692 MiB.
+**jemalloc holds less.** Even with these settings glibc's heap fragmented while the object
+gradient was a fresh object-sized block on every update: batch-sized blocks split the freed
+one, and the next gradient no longer fitted. On 2000 x 256^2 frames (500 MiB of counts) the
+peak of a 3-epoch run ranged over 724-948 MiB in 18 fresh processes (1.45-1.90x the data), and
+rose by one object-sized block now and then as epochs went on (835 and 971 MiB after 20).
+Now the ptychographic models reuse one gradient buffer (``physics.spares``) and a run without
+TensorBoard draws no images: 699-760 MiB (median 711, 1.42x) in three 3-epoch runs, 719 MiB
+after 20 epochs. jemalloc keeps blocks of a size class together: 628 MiB (1.26x) after 3
+epochs and after 20; on 420 x 128^2, 115 instead of 144-154 MiB (114 instead of 166-170 read
+batch by batch), with epochs within this machine's noise of glibc's. That is with
+``JEMALLOC_CONF``: no separate arena for blocks above 8 MiB and no purging of freed pages,
+whose page faults made epochs a third slower or more. ``jemalloc_environment`` gives the
+environment that starts a process with it; ``restart_under_jemalloc`` restarts ``diffrecon
+reconstruct`` under it for a large scan; ``experiments/bench_memory.py`` measures both
+allocators.
 """
 
 from __future__ import annotations
