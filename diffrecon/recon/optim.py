@@ -118,7 +118,9 @@ class ParameterPlan:
         return [name for name in self.optimizers if self.specs[name].active(epoch)]
 
     def zero_grad(self) -> None:
-        """Clear every gradient, handing it to ``spares`` (if any) for the next update."""
+        """Clear every gradient, handing it to ``spares`` (if any) for the next update: its
+        memory then holds the next gradient, so code that keeps a gradient past the step
+        (a callback, a diagnostic) must keep a copy (``grad.clone()``)."""
         for parameter in self.fields.values():
             if self.spares is not None:
                 self.spares.give(parameter.grad)
