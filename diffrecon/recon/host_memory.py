@@ -153,7 +153,7 @@ def allocator_hint(pattern_bytes: int, device: str = "cpu") -> str | None:
     how = (f"diffrecon reconstruct restarts under it by itself; from Python, run with "
            f"LD_PRELOAD={library} MALLOC_CONF={JEMALLOC_CONF} set" if library else
            "install jemalloc (Debian/Ubuntu: libjemalloc2)")
-    return (f"allocator: the system's; on large scans jemalloc holds about a fifth less host "
+    return (f"allocator: the system's; on large scans jemalloc holds about a tenth less host "
             f"memory ({how}; README, 'Large scans')")
 
 
