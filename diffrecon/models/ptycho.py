@@ -21,6 +21,7 @@ from torch import nn
 
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData
+from diffrecon.data.scans import check_scan_sampling
 from diffrecon.models.base import ForwardModel, ParamSpec, models
 from diffrecon.models.measurement import Measurement
 from diffrecon.physics.modes import orthogonalize_modes
@@ -85,9 +86,12 @@ def scan_grid(
     """Probe-window corners (N, 2) in object pixels, the object shape (H, W) and its origin.
 
     The origin is the sample position (y, x) in metres of object pixel [0, 0]; the object
-    leaves ``padding_px`` pixels around the scanned region.
+    leaves ``padding_px`` pixels around the scanned region. Positions or a geometry in the
+    wrong units are reported (``check_scan_sampling``) before any object is allocated.
     """
     positions_m = np.asarray(data.positions_m, dtype=np.float64)
+    check_scan_sampling(positions_m, pixel_size_m, data.frame_shape, data.source,
+                        "entry_1/sample_1/geometry_1/translation")
     centre_px = positions_m / np.asarray(pixel_size_m)
     corner = centre_px - np.array(data.frame_shape) // 2
     # integer offset: object grids of different scans of one sample stay commensurate
