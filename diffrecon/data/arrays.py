@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from diffrecon.data.checks import positive, positive_pair
 from diffrecon.data.container import DiffractionData
 from diffrecon.errors import DataFormatError
 from diffrecon.physics.optics import xray_wavelength_m
@@ -94,6 +95,7 @@ def load_array(path: str | os.PathLike[str]) -> DiffractionData:
     else:
         mask_out = valid
     geometry = {name: _value(src, side, name) for name in ("distance_m", "pixel_size_m")}
+    energy_key = "wavelength_m" if "wavelength_m" in side else "energy_ev"
     if "wavelength_m" in side:
         wavelength = _value(src, side, "wavelength_m")
     else:
@@ -109,7 +111,10 @@ def load_array(path: str | os.PathLike[str]) -> DiffractionData:
     return DiffractionData(
         patterns=patterns, wavelength_m=float(wavelength), distance_m=float(geometry["distance_m"]),
         detector_pixel_size_m=(float(pixel[0]), float(pixel[1])), valid=mask_out, source=src,
-        metadata=metadata,
+        metadata=metadata, source_keys={
+            "patterns": key, "valid": "mask", "wavelength_m": energy_key,
+            "distance_m": "distance_m", "y_pixel_size_m": "pixel_size_m",
+            "x_pixel_size_m": "pixel_size_m"},
     )
 
 
@@ -117,8 +122,6 @@ def _value(src: str, side: dict[str, Any], name: str) -> Any:
     """A positive geometry value from the .npz side arrays, or its nominal value."""
     if name not in side:
         return NOMINAL[name]
-    value = np.asarray(side[name], dtype=np.float64)
-    if value.size not in (1, 2) or not np.all(np.isfinite(value)) or np.any(value <= 0):
-        raise DataFormatError(src, name, "a positive number (or a (y, x) pair)",
-                              f"{value.ravel()[:4]}")
-    return value if value.size == 2 else float(value.ravel()[0])
+    if name == "pixel_size_m":
+        return positive_pair(src, name, side[name], "a positive number or a (y, x) pair")
+    return positive(src, name, side[name], "a positive number")

@@ -8,10 +8,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from diffrecon.data.checks import PROBE_EXPECTED, dtype_text, positive, real_counts
 from diffrecon.errors import DataFormatError
 
 #: bytes of float32 frames read, checked or converted at a time (``DiffractionData.blocks``)
 BLOCK_BYTES = 16 * 2**20
+
+#: the CXI key of each field, named in error messages unless ``source_keys`` says otherwise
+CXI_KEYS = {
+    "patterns": "entry_1/data_1/data",
+    "positions_m": "entry_1/sample_1/geometry_1/translation",
+    "angles_rad": "entry_1/sample_1/geometry_1/angles",
+    "wavelength_m": "entry_1/instrument_1/source_1/energy",
+    "probe_guess": "entry_1/instrument_1/source_1/illumination",
+    "distance_m": "entry_1/instrument_1/detector_1/distance",
+    "y_pixel_size_m": "entry_1/instrument_1/detector_1/y_pixel_size",
+    "x_pixel_size_m": "entry_1/instrument_1/detector_1/x_pixel_size",
+    "valid": "entry_1/instrument_1/detector_1/mask",
+}
 
 
 class PatternStore(Protocol):
@@ -63,6 +77,9 @@ class DiffractionData:
         angles_rad: sample orientation of each pattern, shape (N, 3), radians, or None (a
             tilt series: tilt about y, tilt about x, rotation about the beam; see
             ``physics.volume``). Patterns sharing a row belong to one tilt.
+        source_keys: where in the source file each field came from, by field name (keys of
+            ``CXI_KEYS``; ``y_pixel_size_m``/``x_pixel_size_m`` for the pixel pitch), filled by
+            the readers; a field not listed is named by its CXI key in error messages.
     """
 
     patterns: PatternStore
@@ -76,8 +93,22 @@ class DiffractionData:
     source: str = "<memory>"
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     angles_rad: np.ndarray | None = None
+    source_keys: dict[str, str] = dataclasses.field(default_factory=dict)
     _summed: np.ndarray | None = dataclasses.field(default=None, init=False, repr=False,
                                                    compare=False)
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.patterns, "shape"):  # a list or other array-like from Python
+            try:
+                self.patterns = np.asarray(self.patterns)
+            except ValueError:
+                raise TypeError("DiffractionData.patterns: expected an (N, H, W) array of "
+                                f"counts, found a {type(self.patterns).__name__} that is "
+                                "not a regular array (ragged?)") from None
+
+    def key(self, field: str) -> str:
+        """The key in the source file that ``field`` came from (see ``source_keys``)."""
+        return self.source_keys.get(field, CXI_KEYS[field])
 
     def summed_counts(self) -> np.ndarray:
         """Counts summed over all patterns, (H, W) float64, as stored (masked pixels too).
@@ -146,67 +177,113 @@ class DiffractionData:
         return np.broadcast_to(valid, (min(stop, self.num_patterns) - start, *valid.shape))
 
     def validate(self, *, needs_positions: bool = True, square: bool = True) -> None:
-        """Check shapes and values; raise DataFormatError naming the file and key."""
-        src = self.source
+        """Check shapes and values; raise DataFormatError naming the file and the key each
+        field came from. Reads the patterns once, block by block (also lazy ones)."""
+        src, key = self.source, self.key
         shape = tuple(self.patterns.shape)
         if len(shape) != 3:
-            raise DataFormatError(src, "entry_1/data_1/data", "a 3D array (N, H, W)", f"{shape}")
+            raise DataFormatError(src, key("patterns"), "a 3D array (N, H, W)", f"{shape}")
         n, h, w = shape
+        if n == 0:
+            raise DataFormatError(src, key("patterns"), "at least one pattern",
+                                  f"none (shape {shape})")
+        real_counts(src, key("patterns"), _stored_dtype(self.patterns))
         if square and (h != w or h % 2):
             raise DataFormatError(
-                src, "entry_1/data_1/data", "square frames of even size", f"frames of {h}x{w}"
+                src, key("patterns"), "square frames of even size", f"frames of {h}x{w}"
             )
         if needs_positions:
-            key = "entry_1/sample_1/geometry_1/translation"
-            if self.positions_m is None:
-                raise DataFormatError(src, key, "scan positions (N, 2 or 3) in metres", "nothing")
-            pos = np.asarray(self.positions_m)
-            if pos.ndim != 2 or pos.shape[1] != 2:
-                raise DataFormatError(src, key, "an (N, 2) array of (y, x)", f"shape {pos.shape}")
-            if pos.shape[0] != n:
-                raise DataFormatError(
-                    src, key, f"{n} positions (one per pattern)", f"{pos.shape[0]} positions"
-                )
-            if not np.all(np.isfinite(pos)):
-                raise DataFormatError(src, key, "finite positions", "NaN or Inf")
-        for value, key in (
-            (self.wavelength_m, "entry_1/instrument_1/source_1/energy"),
-            (self.distance_m, "entry_1/instrument_1/detector_1/distance"),
-            (self.detector_pixel_size_m[0], "entry_1/instrument_1/detector_1/y_pixel_size"),
-            (self.detector_pixel_size_m[1], "entry_1/instrument_1/detector_1/x_pixel_size"),
+            self._check_positions(n, h, w)
+        for value, field in (
+            (self.wavelength_m, "wavelength_m"),
+            (self.distance_m, "distance_m"),
+            (self.detector_pixel_size_m[0], "y_pixel_size_m"),
+            (self.detector_pixel_size_m[1], "x_pixel_size_m"),
         ):
-            if not (np.isfinite(value) and value > 0):
-                raise DataFormatError(src, key, "a positive number", f"{value}")
+            positive(src, key(field), value, "a positive number")
         if self.angles_rad is not None:
             angles = np.asarray(self.angles_rad)
             if angles.shape != (n, 3) or not np.all(np.isfinite(angles)):
-                raise DataFormatError(src, "entry_1/sample_1/geometry_1/angles",
+                raise DataFormatError(src, key("angles_rad"),
                                       f"finite ({n}, 3) tilt angles in radians (one row per "
                                       "pattern)", f"shape {angles.shape}" if angles.shape != (
                                           n, 3) else "NaN or Inf")
-        # a mask per voxel only for a 3D volume (CDI): per-pattern masks are not supported
-        shapes = [(h, w)] if needs_positions else [(h, w), (n, h, w)]
-        if self.valid is not None and tuple(np.shape(self.valid)) not in shapes:
-            raise DataFormatError(
-                src, "entry_1/instrument_1/detector_1/mask", " or ".join(map(str, shapes)),
-                f"shape {np.shape(self.valid)}",
-            )
+        self._check_mask(needs_positions, n, h, w)
+        if self.probe_guess is not None:
+            probe = np.asarray(self.probe_guess)
+            if probe.dtype.kind not in "biufc":
+                raise DataFormatError(src, key("probe_guess"), PROBE_EXPECTED,
+                                      dtype_text(probe.dtype))
+            if probe.ndim not in (2, 3) or probe.shape[-2:] != (h, w):
+                raise DataFormatError(src, key("probe_guess"),
+                                      f"{PROBE_EXPECTED} = ({h}, {w})", f"shape {probe.shape}")
         self._check_counts()
 
+    def _check_positions(self, n: int, h: int, w: int) -> None:
+        """One finite (y, x) position per pattern."""
+        src, key = self.source, self.key("positions_m")
+        if self.positions_m is None:
+            raise DataFormatError(src, key, "scan positions (N, 2 or 3) in metres", "nothing")
+        pos = np.asarray(self.positions_m)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise DataFormatError(src, key, "an (N, 2) array of (y, x)", f"shape {pos.shape}")
+        if n == 1 and pos.shape[0] > 1:
+            raise DataFormatError(
+                src, self.key("patterns"),
+                f"(N, H, W) patterns, one per scan position ({pos.shape[0]} in {key})",
+                f"one ({h}, {w}) frame")
+        if pos.shape[0] != n:
+            raise DataFormatError(
+                src, key, f"{n} positions (one per pattern)", f"{pos.shape[0]} positions"
+            )
+        if not np.all(np.isfinite(pos)):
+            raise DataFormatError(src, key, "finite positions", "NaN or Inf")
+
+    def _check_mask(self, needs_positions: bool, n: int, h: int, w: int) -> None:
+        """The mask fits the frames and trusts at least one pixel."""
+        if self.valid is None:
+            return
+        # a mask per voxel only for a 3D volume (CDI): per-pattern masks are not supported
+        shapes = [(h, w)] if needs_positions else [(h, w), (n, h, w)]
+        if tuple(np.shape(self.valid)) not in shapes:
+            raise DataFormatError(
+                self.source, self.key("valid"), " or ".join(map(str, shapes)),
+                f"shape {np.shape(self.valid)}",
+            )
+        if not np.any(self.valid):
+            raise DataFormatError(self.source, self.key("valid"),
+                                  "at least one trusted pixel (mask 0)",
+                                  f"all {np.size(self.valid)} pixels masked (non-zero or NaN)")
+
     def _check_counts(self) -> None:
-        """Reject negative, NaN or Inf counts on valid pixels, reading lazily in blocks."""
+        """Reject negative, NaN or Inf counts on valid pixels, and data without a single
+        count, in one pass that reads lazy sources in blocks."""
+        key = self.key("patterns")
+        counted = False
         for start, block in self.blocks():
             valid = self.frames_valid(start, start + block.shape[0])
             good = np.where(valid, block, 0)
             if not np.all(np.isfinite(good)):
                 bad = start + int(np.argwhere(~np.isfinite(good))[0, 0])
                 raise DataFormatError(
-                    self.source, "entry_1/data_1/data", "finite counts",
+                    self.source, key, "finite counts",
                     f"NaN or Inf in pattern {bad} (mask such pixels instead)",
                 )
             if good.size and good.min() < 0:
                 bad = start + int(np.argwhere(good < 0)[0, 0])
                 raise DataFormatError(
-                    self.source, "entry_1/data_1/data", "non-negative counts",
+                    self.source, key, "non-negative counts",
                     f"{good.min():.3g} in pattern {bad} (subtract background without clipping?)",
                 )
+            counted = counted or bool(good.any())
+        if not counted:
+            raise DataFormatError(self.source, key, "some counts",
+                                  "zero on every trusted pixel of every pattern")
+
+
+def _stored_dtype(patterns: PatternStore) -> np.dtype:
+    """The element type the patterns are stored as (a lazy source's, before conversion)."""
+    try:
+        return np.dtype(getattr(patterns, "stored_dtype", patterns.dtype))
+    except TypeError:  # e.g. a torch tensor
+        return np.asarray(patterns[:0]).dtype

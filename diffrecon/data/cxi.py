@@ -11,8 +11,11 @@ CXI (https://www.cxidb.org/cxi.html; what :func:`save` writes):
     ``entry_1/sample_1/geometry_1/angles``            optional (N, 3) sample orientation per
                                                       pattern, radians (a tilt series: tilt
                                                       about y, about x, about the beam)
-    ``entry_1/instrument_1/source_1/energy``          photon energy in joules (a value > 1 is
-                                                      taken as eV, noted in metadata); or
+    ``entry_1/instrument_1/source_1/energy``          photon energy in joules, or in the units
+                                                      its ``units`` attribute names ('eV',
+                                                      'keV'); without one a value > 1 is
+                                                      taken as eV (noted in metadata); must
+                                                      lie within 1e-21 to 1e-11 J; or
     ``entry_1/instrument_1/source_1/wavelength``      wavelength in metres
     ``entry_1/instrument_1/source_1/illumination``    optional complex probe guess (M, H, W)
     ``entry_1/instrument_1/detector_1/distance``      metres
@@ -33,15 +36,17 @@ Truth group (written by the simulator): datasets ``object``, optional ``probe`` 
 
 from __future__ import annotations
 
-import operator
 import os
 from typing import Any
 
 import h5py
 import numpy as np
 
+from diffrecon.data.checks import PROBE_EXPECTED, describe, positive, positive_pair, real_counts
 from diffrecon.data.container import DiffractionData, Truth
-from diffrecon.data.results import as_numpy, atomic_hdf5, read_attr, write_array
+from diffrecon.data.hdf5 import LazyPatterns, dataset, open_hdf5, read_array
+from diffrecon.data.results import atomic_hdf5, read_attr, write_array
+from diffrecon.data.scans import mean_nearest_step
 from diffrecon.errors import DataFormatError
 from diffrecon.physics.optics import ELEMENTARY_CHARGE_C, farfield_pixel_size_m
 
@@ -55,98 +60,7 @@ SOURCE = "entry_1/instrument_1/source_1"
 DETECTOR = "entry_1/instrument_1/detector_1"
 ILLUMINATION = f"{SOURCE}/illumination"
 TRUTH = "entry_1/truth"
-
-
-class LazyPatterns:
-    """An (N, H, W) HDF5 dataset read on demand as float32; keeps its file open.
-
-    Indexing accepts an int, a slice, a tuple starting with either, or an integer array
-    (any order, duplicates allowed): h5py needs increasing unique indices, so the rows are
-    sorted, read once and put back in the requested order. Picklable (reopens the file), so
-    it can cross into DataLoader worker processes.
-    """
-
-    def __init__(self, path: str, key: str) -> None:
-        self.path, self.key = path, key
-        self._file = h5py.File(path, "r")
-        self._dataset: h5py.Dataset = self._file[key]
-        self.shape: tuple[int, ...] = tuple(self._dataset.shape)
-        self.dtype = np.dtype(np.float32)  # what reading returns
-        self.stored_dtype = np.dtype(self._dataset.dtype)  # what the file holds
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        rest: tuple[Any, ...] = ()
-        if isinstance(index, tuple):
-            index, rest = (index[0] if index else slice(None)), index[1:]
-        n = self.shape[0]
-        if isinstance(index, slice) and (index.step or 1) > 0:
-            block = self._dataset[(index, *rest)]
-        elif isinstance(index, int | np.integer):
-            row = operator.index(index)
-            if not -n <= row < n:
-                raise IndexError(f"index {row} out of range for {n} patterns")
-            block = self._dataset[(row % n, *rest)]
-        else:
-            rows = np.arange(n)[index] if isinstance(index, slice) else self._rows(index)
-            block = self._read_rows(rows)[(slice(None), *rest)]
-        return np.asarray(block, dtype=np.float32)
-
-    def _rows(self, index: Any) -> np.ndarray:
-        rows = as_numpy(index)
-        if rows.dtype == bool:
-            return np.flatnonzero(rows)
-        if rows.size and not np.issubdtype(rows.dtype, np.integer):
-            raise IndexError(f"pattern indices must be integers, got {rows.dtype}")
-        rows = rows.astype(np.int64)
-        n = self.shape[0]
-        if rows.size and (rows.min() < -n or rows.max() >= n):
-            raise IndexError(f"pattern index out of range for {n} patterns")
-        return np.where(rows < 0, rows + n, rows)
-
-    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
-        if rows.size == 0:
-            return np.empty((*rows.shape, *self.shape[1:]), dtype=np.float32)
-        unique, inverse = np.unique(rows, return_inverse=True)
-        first, last = int(unique[0]), int(unique[-1])
-        if last - first + 1 <= 2 * unique.size:  # dense: one contiguous read is faster
-            block = self._dataset[first : last + 1][unique - first]
-        else:
-            block = self._dataset[unique]
-        return block[inverse.reshape(rows.shape)]
-
-    def read_into(self, start: int, out: np.ndarray) -> None:
-        """Read patterns ``start : start + len(out)`` into ``out`` (K, H, W) float32, converted
-        by HDF5 from the stored type, with no intermediate array."""
-        self._dataset.read_direct(out, np.s_[start : start + out.shape[0]])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self[:], dtype=dtype)
-
-    def close(self) -> None:
-        """Close the underlying HDF5 file; later reads fail."""
-        self._file.close()
-
-    def __enter__(self) -> LazyPatterns:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"path": self.path, "key": self.key}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.__init__(state["path"], state["key"])  # type: ignore[misc]
-
-    def __repr__(self) -> str:
-        return f"LazyPatterns({self.path!r}, {self.key!r}, shape={self.shape})"
+ENERGY_RANGE_J = (1e-21, 1e-11)  # photons and electrons, 6 meV to 60 MeV
 
 
 def load(path: str | os.PathLike[str], *, lazy: bool = False,
@@ -165,15 +79,11 @@ def load(path: str | os.PathLike[str], *, lazy: bool = False,
         DataFormatError: naming the file, the HDF5 key, what was expected and what was found.
     """
     src = os.fspath(path)
-    if not os.path.exists(src):
-        raise DataFormatError(src, "<file>", "an existing HDF5/CXI file", "no such file")
-    if not h5py.is_hdf5(src):
-        raise DataFormatError(src, "<file>", "an HDF5/CXI file", "not an HDF5 file")
-    with h5py.File(src, "r") as handle:
+    with open_hdf5(src) as handle:
         if "entry_1" in handle:
-            fields, key = _read_cxi(handle, src, truth)
+            fields = _read_cxi(handle, src, truth)
         elif "patterns" in handle:
-            fields, key = _read_plain(handle, src, truth)
+            fields = _read_plain(handle, src, truth)
         else:
             raise DataFormatError(
                 src,
@@ -181,6 +91,8 @@ def load(path: str | os.PathLike[str], *, lazy: bool = False,
                 "a CXI file or the plain layout ('patterns')",
                 f"neither; top-level keys {sorted(handle.keys())}",
             )
+        key = fields["source_keys"]["patterns"]
+        real_counts(src, key, handle[key].dtype)
         shape = handle[key].shape
         if len(shape) not in (2, 3):
             raise DataFormatError(src, key, "an (N, H, W) or (H, W) array", f"shape {shape}")
@@ -191,90 +103,111 @@ def load(path: str | os.PathLike[str], *, lazy: bool = False,
     return DiffractionData(patterns=patterns, source=src, **fields)
 
 
-def _node(handle: h5py.File, src: str, keys: tuple[str, ...], expected: str) -> Any:
-    """The first of ``keys`` present in the file, or a DataFormatError naming the first."""
-    for key in keys:
-        if key in handle:
-            return handle[key]
-    raise DataFormatError(src, keys[0], expected, "missing")
-
-
-def _scalar(src: str, node: h5py.Dataset, expected: str) -> float:
-    try:
-        values = np.asarray(node[()], dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        values = np.empty(0)
-    if values.size == 0 or not np.all(values == values[0]) or not np.isfinite(values[0]):
-        found = f"shape {node.shape}" if values.size != 1 else f"{node[()]!r}"
-        raise DataFormatError(src, node.name.lstrip("/"), expected, found[:80])
-    return float(values[0])
-
-
 def _pair(value: Any) -> tuple[float, float]:
     """A (y, x) pair of floats from a scalar or a 2-sequence."""
     values = np.broadcast_to(np.asarray(value, dtype=np.float64).ravel(), (2,))
     return float(values[0]), float(values[1])
 
 
-def _read_cxi(handle: h5py.File, src: str, truth: bool) -> tuple[dict[str, Any], str]:
-    expected = "the diffraction patterns (N, H, W)"
-    key = _node(handle, src, (DATA, DETECTOR_DATA), expected).name.lstrip("/")
+def _optional(handle: h5py.File, src: str, key: str, expected: str,
+              kinds: str = "biuf") -> np.ndarray | None:
+    """The numeric array at ``key``, or None where the file has none."""
+    return read_array(handle, src, key, expected, kinds) if key in handle else None
+
+
+def _read_shared(handle: h5py.File, src: str, keys: dict[str, str],
+                 truth: str | None) -> dict[str, Any]:
+    """The optional fields both layouts store alike, from the keys ``keys`` names."""
+    mask = _optional(handle, src, keys["valid"], "a detector mask (H, W), non-zero = bad")
+    probe = _optional(handle, src, keys["probe_guess"], PROBE_EXPECTED, kinds="biufc")
+    angles = _optional(handle, src, keys["angles_rad"], "(N, 3) tilt angles in radians")
+    return {
+        "valid": None if mask is None else mask == 0,
+        "probe_guess": None if probe is None else probe.astype(np.complex64),
+        "angles_rad": None if angles is None else angles.astype(np.float64),
+        "truth": None if truth is None else _read_truth(handle, src, truth),
+        "source_keys": keys,
+    }
+
+
+def _read_cxi(handle: h5py.File, src: str, truth: bool) -> dict[str, Any]:
+    """The ``DiffractionData`` fields of a CXI file (all but the patterns)."""
+    keys = {"valid": f"{DETECTOR}/mask", "probe_guess": ILLUMINATION, "angles_rad": ANGLES}
+    keys["patterns"] = dataset(handle, src, (DATA, DETECTOR_DATA),
+                               "the diffraction patterns (N, H, W)")[0]
     metadata = {name: str(read_attr(value)) for name, value in handle["entry_1"].attrs.items()}
-    wavelength = _cxi_wavelength(handle, src, metadata)
-    expected = "the sample-detector distance in metres"
-    distance = _scalar(src, _node(handle, src, (f"{DETECTOR}/distance",), expected), expected)
+    wavelength, keys["wavelength_m"] = _cxi_wavelength(handle, src, metadata)
+    geometry = {}
     pixel_keys = (f"{DETECTOR}/y_pixel_size", f"{DETECTOR}/x_pixel_size")
-    expected = "the detector pixel size in metres"
-    y_pixel = _scalar(src, _node(handle, src, pixel_keys, expected), expected)
-    x_pixel = _scalar(src, _node(handle, src, pixel_keys[::-1], expected), expected)
+    for name, candidates, expected in (
+        ("distance_m", (f"{DETECTOR}/distance",), "the sample-detector distance in metres"),
+        ("y_pixel_size_m", pixel_keys, "the detector pixel size in metres"),
+        ("x_pixel_size_m", pixel_keys[::-1], "the detector pixel size in metres"),
+    ):
+        keys[name], node = dataset(handle, src, candidates, expected)
+        geometry[name] = positive(src, keys[name], node[()], f"{expected}, a positive number")
     positions = None
     if TRANSLATION in handle or DATA_TRANSLATION in handle:
-        node = _node(handle, src, (TRANSLATION, DATA_TRANSLATION), "")
-        translation = np.asarray(node[()], dtype=np.float64)
+        expected = "an (N, 3) array of x, y, z in metres"
+        keys["positions_m"] = dataset(handle, src, (TRANSLATION, DATA_TRANSLATION),
+                                      expected)[0]
+        translation = read_array(handle, src, keys["positions_m"], expected).astype(np.float64)
         if translation.shape == (3,):
             translation = translation[None]
         if translation.ndim != 2 or translation.shape[1] != 3:
-            raise DataFormatError(
-                src,
-                node.name.lstrip("/"),
-                "an (N, 3) array of x, y, z in metres",
-                f"shape {translation.shape}",
-            )
+            raise DataFormatError(src, keys["positions_m"], expected,
+                                  f"shape {translation.shape}")
         positions = translation[:, [1, 0]].copy()  # CXI x, y, z -> our (y, x)
-    valid = None
-    if f"{DETECTOR}/mask" in handle:
-        valid = np.asarray(handle[f"{DETECTOR}/mask"][()]) == 0
-    probe = handle[ILLUMINATION][()].astype(np.complex64) if ILLUMINATION in handle else None
-    fields = dict(wavelength_m=wavelength, distance_m=distance, positions_m=positions)
-    fields.update(detector_pixel_size_m=(y_pixel, x_pixel), valid=valid, probe_guess=probe)
-    fields["angles_rad"] = _angles(handle, ANGLES)
-    fields["truth"] = _read_truth(handle, src, TRUTH) if truth else None
-    return {**fields, "metadata": metadata}, key
+    fields = dict(wavelength_m=wavelength, distance_m=geometry["distance_m"],
+                  positions_m=positions, metadata=metadata)
+    fields["detector_pixel_size_m"] = (geometry["y_pixel_size_m"], geometry["x_pixel_size_m"])
+    return {**fields, **_read_shared(handle, src, keys, TRUTH if truth else None)}
 
 
-def _cxi_wavelength(handle: h5py.File, src: str, metadata: dict[str, str]) -> float:
+def _cxi_wavelength(handle: h5py.File, src: str, metadata: dict[str, str]) -> tuple[float, str]:
+    """The wavelength in metres from the source's energy (J, or eV/keV by its units
+    attribute) or wavelength, and the key it came from."""
     expected = "photon energy in J (or .../source_1/wavelength in m)"
-    node = _node(handle, src, (f"{SOURCE}/energy", f"{SOURCE}/wavelength"), expected)
-    value = _scalar(src, node, "a positive number")
-    if value <= 0:
-        raise DataFormatError(src, node.name.lstrip("/"), "a positive number", f"{value}")
-    if node.name.endswith("wavelength"):
-        return value
-    units = str(read_attr(node.attrs.get("units", ""))).strip().lower()
-    if units in ("ev", "kev") or (not units and value > 1):
-        energy_ev = value * (1000.0 if units == "kev" else 1.0)
+    key, node = dataset(handle, src, (f"{SOURCE}/energy", f"{SOURCE}/wavelength"), expected)
+    value = positive(src, key, node[()], "a positive number")
+    if key.endswith("wavelength"):
+        return value, key
+    units = str(read_attr(node.attrs.get("units", ""))).strip()
+    if units.lower() in ("ev", "kev") or (not units and value > 1):
+        energy_j = value * (1000.0 if units.lower() == "kev" else 1.0) * ELEMENTARY_CHARGE_C
         if not units:
             metadata["energy_note"] = f"energy {value:g} > 1 taken as eV (CXI expects joules)"
-        return HC_J_M / (energy_ev * ELEMENTARY_CHARGE_C)
-    return HC_J_M / value
+    elif units.lower() in ("", "j", "joule", "joules"):
+        energy_j = value
+    else:
+        raise DataFormatError(src, f"{key}@units", "'J', 'eV' or 'keV'", describe(units))
+    low, high = ENERGY_RANGE_J
+    if not low <= energy_j <= high:
+        raise DataFormatError(
+            src, key, f"an energy between {low:g} and {high:g} J (is the units attribute "
+            "right? 'eV' or 'keV' if the value is not in joules)",
+            f"{value:g} {units or 'J (no units attribute)'}")
+    return HC_J_M / energy_j, key
 
 
-def _read_plain(handle: h5py.File, src: str, truth: bool) -> tuple[dict[str, Any], str]:
-    attrs = handle.attrs
+PLAIN_KEYS = {"patterns": "patterns", "positions_m": "positions_m", "valid": "mask",
+              "probe_guess": "probe", "angles_rad": "angles_rad", "distance_m": "@distance_m",
+              "y_pixel_size_m": "@pixel_size_m", "x_pixel_size_m": "@pixel_size_m"}
+
+
+def _read_plain(handle: h5py.File, src: str, truth: bool) -> dict[str, Any]:
+    """The ``DiffractionData`` fields of a plain-HDF5 file (all but the patterns)."""
+    attrs, keys = handle.attrs, dict(PLAIN_KEYS)
+    dataset(handle, src, ("patterns",), "the diffraction patterns (N, H, W)")
     if "wavelength_m" in attrs:
-        wavelength = float(attrs["wavelength_m"])
+        keys["wavelength_m"] = "@wavelength_m"
+        wavelength = positive(src, "@wavelength_m", attrs["wavelength_m"],
+                              "the wavelength in metres, a positive number")
     elif "energy_ev" in attrs:
-        wavelength = HC_J_M / (float(attrs["energy_ev"]) * ELEMENTARY_CHARGE_C)
+        keys["wavelength_m"] = "@energy_ev"
+        energy = positive(src, "@energy_ev", attrs["energy_ev"],
+                          "the photon energy in eV, a positive number")
+        wavelength = HC_J_M / (energy * ELEMENTARY_CHARGE_C)
     else:
         raise DataFormatError(
             src, "@wavelength_m", "root attribute wavelength_m or energy_ev", "neither"
@@ -284,36 +217,22 @@ def _read_plain(handle: h5py.File, src: str, truth: bool) -> tuple[dict[str, Any
             raise DataFormatError(src, f"@{name}", "a root attribute in metres", "missing")
     positions = None
     if "positions_m" in handle:
-        positions = np.asarray(handle["positions_m"][()], dtype=np.float64)
+        expected = "an (N, 2) array of (y, x) metres"
+        positions = read_array(handle, src, "positions_m", expected).astype(np.float64)
         if positions.ndim != 2 or positions.shape[1] != 2:
-            raise DataFormatError(
-                src, "positions_m", "an (N, 2) array of (y, x) metres", f"shape {positions.shape}"
-            )
+            raise DataFormatError(src, "positions_m", expected, f"shape {positions.shape}")
     known = {"wavelength_m", "energy_ev", "distance_m", "pixel_size_m"}
     fields = {
         "wavelength_m": wavelength,
-        "distance_m": float(attrs["distance_m"]),
-        "detector_pixel_size_m": _pair(attrs["pixel_size_m"]),
+        "distance_m": positive(src, "@distance_m", attrs["distance_m"],
+                               "the sample-detector distance in metres, a positive number"),
+        "detector_pixel_size_m": positive_pair(
+            src, "@pixel_size_m", attrs["pixel_size_m"],
+            "the detector pixel size in metres: a positive number or a (y, x) pair"),
         "positions_m": positions,
-        "valid": np.asarray(handle["mask"][()]) == 0 if "mask" in handle else None,
-        "probe_guess": handle["probe"][()].astype(np.complex64) if "probe" in handle else None,
-        "truth": _read_truth(handle, src, "truth") if truth else None,
-        "angles_rad": _angles(handle, "angles_rad"),
         "metadata": {k: str(read_attr(v)) for k, v in attrs.items() if k not in known},
     }
-    return fields, "patterns"
-
-
-def _angles(handle: h5py.File, key: str) -> np.ndarray | None:
-    """Per-pattern orientations (N, 3) in radians, or None; shapes are checked by
-    ``DiffractionData.validate``."""
-    if key not in handle:
-        return None
-    try:
-        return np.asarray(handle[key][()], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataFormatError(handle.filename, key, "(N, 3) tilt angles in radians",
-                              f"a {handle[key].dtype} array") from None
+    return {**fields, **_read_shared(handle, src, keys, "truth" if truth else None)}
 
 
 def _read_truth(handle: h5py.File, src: str, key: str) -> Truth | None:
@@ -387,19 +306,6 @@ def _count_stats(data: DiffractionData) -> tuple[float, float]:
     return total / max(data.num_patterns, 1), peak
 
 
-def _mean_step_m(positions: np.ndarray, chunk: int = 1024) -> float:
-    """Mean nearest-neighbour distance between scan positions (metres), chunked for large N."""
-    if len(positions) < 2:
-        return 0.0
-    nearest = []
-    for start in range(0, len(positions), chunk):
-        block = positions[start : start + chunk]
-        distance = np.linalg.norm(block[:, None, :] - positions[None, :, :], axis=-1)
-        distance[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
-        nearest.append(distance.min(axis=1))
-    return float(np.mean(np.concatenate(nearest)))
-
-
 def inspect_text(data: DiffractionData) -> str:
     """A human multi-line summary of a data set (what ``diffrecon inspect`` prints)."""
     (h, w), (dy, dx) = data.frame_shape, data.detector_pixel_size_m
@@ -423,7 +329,7 @@ def inspect_text(data: DiffractionData) -> str:
         extent = np.ptp(positions, axis=0) * 1e6 if len(positions) else np.zeros(2)
         lines.append(
             f"scan:             {len(positions)} positions, extent {extent[0]:.4g} x "
-            f"{extent[1]:.4g} um (y, x), mean step {_mean_step_m(positions) * 1e6:.4g} um"
+            f"{extent[1]:.4g} um (y, x), mean step {mean_nearest_step(positions) * 1e6:.4g} um"
         )
     if data.angles_rad is not None:
         tilts = np.unique(np.asarray(data.angles_rad), axis=0)

@@ -37,12 +37,18 @@ import h5py
 import numpy as np
 import tomllib
 
+from diffrecon.data.checks import positive, real_counts
 from diffrecon.data.container import DiffractionData
+from diffrecon.data.hdf5 import dataset, open_hdf5
 from diffrecon.errors import DataFormatError
 
 SCALARS = ("wavelength_m", "numerical_aperture", "magnification", "camera_pixel_m",
            "led_height_m")
 DESCRIPTIONS = ("fp.toml", "fp.json")
+#: where each ``DiffractionData`` field comes from in an FP source, for error messages
+SOURCE_KEYS = {"patterns": "images", "positions_m": "led_positions_m",
+               "wavelength_m": "wavelength_m", "distance_m": "led_height_m",
+               "y_pixel_size_m": "camera_pixel_m", "x_pixel_size_m": "camera_pixel_m"}
 
 
 @dataclasses.dataclass
@@ -139,8 +145,8 @@ def is_fp_source(path: str | os.PathLike[str]) -> bool:
         return any((p / name).exists() for name in DESCRIPTIONS)
     if p.suffix.lower() in (".toml", ".json"):
         return True
-    if p.exists() and h5py.is_hdf5(p):
-        with h5py.File(p, "r") as handle:
+    if p.is_file() and h5py.is_hdf5(p):
+        with open_hdf5(p) as handle:
             return "images" in handle
     return False
 
@@ -159,12 +165,14 @@ def load_fp(path: str | os.PathLike[str]) -> DiffractionData:
         leds = _array_value(src, p.parent, values, "led_positions_m")
         groups = values.get("groups")
     else:
-        with h5py.File(p, "r") as handle:
+        with open_hdf5(p) as handle:
             if "led_positions_m" not in handle:
                 raise DataFormatError(src, "led_positions_m", "(N or L, 2) LED (y, x) metres",
                                       f"missing; top-level keys {sorted(handle.keys())}")
             values = {k: handle.attrs[k] for k in handle.attrs}
-            images = np.asarray(handle["images"][()], dtype=np.float32)
+            stack = dataset(handle, src, ("images",), "an (N, h, w) image stack")[1]
+            real_counts(src, "images", stack.dtype)
+            images = np.asarray(stack[()], dtype=np.float32)
             leds = np.asarray(handle["led_positions_m"][()], dtype=np.float64)
             groups = handle["groups"][()] if "groups" in handle else None
     scalars = {k: _positive(src, values, k) for k in SCALARS}
@@ -178,7 +186,8 @@ def load_fp(path: str | os.PathLike[str]) -> DiffractionData:
     data = DiffractionData(
         patterns=images, wavelength_m=scalars["wavelength_m"], distance_m=scalars["led_height_m"],
         detector_pixel_size_m=(scalars["camera_pixel_m"],) * 2, source=src,
-        metadata={"format": "fourier_ptycho " + p.suffix.lstrip(".")})
+        metadata={"format": "fourier_ptycho " + p.suffix.lstrip(".")},
+        source_keys=dict(SOURCE_KEYS))
     return with_leds(data, leds, groups, scalars["numerical_aperture"], scalars["magnification"])
 
 
@@ -193,13 +202,7 @@ def _read_description(src: str) -> dict[str, Any]:
 def _positive(src: str, values: dict[str, Any], key: str) -> float:
     if key not in values:
         raise DataFormatError(src, key, "a positive number (SI units)", "missing")
-    try:
-        value = float(np.asarray(values[key]).ravel()[0])
-    except (TypeError, ValueError, IndexError):
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise DataFormatError(src, key, "a positive number (SI units)", repr(values[key])[:40])
-    return value
+    return positive(src, key, values[key], "a positive number (SI units)")
 
 
 def _array_value(src: str, folder: Path, values: dict[str, Any], key: str) -> np.ndarray:

@@ -140,8 +140,10 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
         raise DataFormatError(path, "<file>", "an existing HDF5 result file", "no such file")
     if not h5py.is_hdf5(path):
         raise DataFormatError(path, "<file>", "an HDF5 result file", "not an HDF5 file")
+    from diffrecon.data.hdf5 import open_hdf5  # hdf5 imports this module
+
     arrays: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
 
         def visit(name: str, node: Any) -> None:
             if isinstance(node, h5py.Dataset):

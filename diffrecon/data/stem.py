@@ -22,6 +22,7 @@ import numpy as np
 
 from diffrecon.config import doc
 from diffrecon.data.container import DiffractionData
+from diffrecon.data.hdf5 import open_hdf5
 from diffrecon.errors import DataFormatError
 from diffrecon.physics.optics import electron_wavelength_m
 
@@ -87,7 +88,7 @@ def read_array(path: str | os.PathLike[str], calibration: STEMCalibration) -> np
     if suffix == ".npy":
         array = np.load(src, mmap_mode="r")
     elif h5py.is_hdf5(src):
-        with h5py.File(src, "r") as handle:
+        with open_hdf5(src) as handle:
             key = calibration.key or _only_dataset(handle, src)
             if key not in handle:
                 raise DataFormatError(src, key, "a 4D dataset (scan_y, scan_x, ky, kx)",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.config import doc
+from diffrecon.data.hdf5 import open_hdf5
 from diffrecon.data.phantoms import complex_phantom, complex_volume, pink_noise, smooth_noise
 from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.registry import Registry
@@ -127,7 +128,7 @@ def load_images(path: str | Path) -> list[np.ndarray]:
     source = Path(path)
     images: list[np.ndarray] = []
     if source.is_file():
-        with h5py.File(source, "r") as handle:
+        with open_hdf5(source) as handle:
             handle.visititems(lambda name, node: images.extend(
                 [np.asarray(node)] if isinstance(node, h5py.Dataset) and node.ndim == 2 else
                 list(np.asarray(node)) if isinstance(node, h5py.Dataset) and node.ndim == 3

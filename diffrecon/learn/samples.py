@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from diffrecon.config import doc
+from diffrecon.data.hdf5 import open_hdf5
 from diffrecon.data.simulate import PtychoSimulation, simulate_patterns, simulation_probe
 from diffrecon.errors import DataFormatError
 from diffrecon.learn.losses import physics_loss, probe_weights, supervised_loss
@@ -217,11 +218,10 @@ def write_shard(patches: PatchSet, path: str | Path) -> None:
 
 def read_shards(paths: list[str]) -> PatchSet:
     """Read and concatenate HDF5 shards written by :func:`write_shard`."""
-    import h5py
 
     sets = []
     for path in paths:
-        with h5py.File(path, "r") as handle:
+        with open_hdf5(path) as handle:
             if "counts" not in handle:
                 raise DataFormatError(path, "counts", "a dataset written by write_shard",
                                       "nothing")

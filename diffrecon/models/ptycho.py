@@ -91,7 +91,7 @@ def scan_grid(
     """
     positions_m = np.asarray(data.positions_m, dtype=np.float64)
     check_scan_sampling(positions_m, pixel_size_m, data.frame_shape, data.source,
-                        "entry_1/sample_1/geometry_1/translation")
+                        data.key("positions_m"))
     centre_px = positions_m / np.asarray(pixel_size_m)
     corner = centre_px - np.array(data.frame_shape) // 2
     # integer offset: object grids of different scans of one sample stay commensurate
