@@ -323,3 +323,17 @@ def test_patterns_given_as_a_list() -> None:
     with pytest.raises(TypeError, match=r"patterns: expected an \(N, H, W\) array"):
         DiffractionData(patterns=[np.ones((8, 8)), np.ones((4, 4))], wavelength_m=1e-10,
                         distance_m=1.0, detector_pixel_size_m=(5e-5, 5e-5))
+
+
+def test_cdi_needs_one_illumination_of_the_data_shape() -> None:
+    """Probe modes pass ``validate`` (ptychography uses them) but CDI takes one illumination."""
+    from diffrecon.models.cdi import CDI, CDIConfig
+
+    data = DiffractionData(patterns=np.ones((1, 8, 8), np.float32), wavelength_m=1e-10,
+                           distance_m=1.0, detector_pixel_size_m=(75e-6, 75e-6),
+                           probe_guess=np.ones((2, 8, 8), np.complex64), source="cdi.h5",
+                           source_keys={"probe_guess": "probe"})
+    data.validate(needs_positions=False)
+    error = error_of(lambda: CDI.from_data(data, CDIConfig()))
+    assert (error.key, error.found) == ("probe", "shape (2, 8, 8)")
+    assert "(8, 8)" in error.expected

@@ -154,8 +154,12 @@ class CDI(ForwardModel):
         intensity, valid = measured_intensity(data)
         illumination = reference = None
         if data.probe_guess is not None:
-            guess = np.asarray(data.probe_guess).reshape(intensity.shape)
-            illumination = torch.as_tensor(guess, dtype=torch.complex64)
+            guess = np.asarray(data.probe_guess)
+            if guess.size != intensity.numel():  # validate allows (M, H, W) probe modes
+                raise DataFormatError(data.source, data.key("probe_guess"),
+                                      f"one illumination of the data's shape "
+                                      f"{tuple(intensity.shape)}", f"shape {guess.shape}")
+            illumination = torch.as_tensor(guess.reshape(intensity.shape), dtype=torch.complex64)
         source = config.support_from
         if source == "auto":
             source = ("hologram" if illumination is not None and config.transmission_offset
@@ -170,7 +174,7 @@ class CDI(ForwardModel):
             support = cross_term_support(intensity, reference, 0.1)
         elif source in ("illumination", "hologram"):
             if illumination is None:
-                raise DataFormatError(data.source, "entry_1/instrument_1/source_1/illumination",
+                raise DataFormatError(data.source, data.key("probe_guess"),
                                       "the known illumination (model.support_from="
                                       "'illumination')", "no illumination")
             power = illumination.abs()
