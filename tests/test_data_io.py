@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from diffrecon.data.dataset import PatternBatches, prefetched, read_frames
 from diffrecon.data.results import read_results, write_results
 from diffrecon.errors import DataFormatError
 from diffrecon.models.ptycho import Ptycho, PtychoConfig
+from diffrecon.physics.optics import electron_wavelength_m
 
 WAVELENGTH_M = 1.55e-10  # about 8 keV
 
@@ -299,6 +301,18 @@ def test_inspect_text(cxi_file: Path) -> None:
     recon_nm = WAVELENGTH_M * 2.5 / (8 * 75e-6) * 1e9
     assert f"{recon_nm:.4g}" in text
     assert "(2 of 64)" in text
+
+
+def test_inspect_text_names_electrons_and_scales_lengths() -> None:
+    """Electron data (``voltage_v`` in the metadata) are described by the accelerating voltage,
+    not the photon energy of the same wavelength, and picometre scans keep their digits."""
+    data = dataclasses.replace(
+        make_data(), wavelength_m=electron_wavelength_m(300e3), metadata={"voltage_v": "300000"},
+        positions_m=np.stack([np.arange(6) * 4e-11, np.zeros(6)], axis=1))
+    text = cxi.inspect_text(data)
+    assert "300 keV electrons (wavelength 1.969 pm)" in text
+    assert "extent 200 pm x 0 pm (y, x), mean step 40 pm" in text
+    assert "photons" in cxi.inspect_text(make_data())
 
 
 def test_results_round_trip(tmp_path: Path) -> None:

@@ -48,7 +48,11 @@ from diffrecon.data.hdf5 import LazyPatterns, dataset, open_hdf5, read_array
 from diffrecon.data.results import atomic_hdf5, read_attr, write_array
 from diffrecon.data.scans import mean_nearest_step
 from diffrecon.errors import DataFormatError
-from diffrecon.physics.optics import ELEMENTARY_CHARGE_C, farfield_pixel_size_m
+from diffrecon.physics.optics import (
+    ELEMENTARY_CHARGE_C,
+    electron_voltage_v,
+    farfield_pixel_size_m,
+)
 
 HC_J_M = 1.98644586e-25  # Planck constant times speed of light, J m
 DATA = "entry_1/data_1/data"
@@ -306,30 +310,45 @@ def _count_stats(data: DiffractionData) -> tuple[float, float]:
     return total / max(data.num_patterns, 1), peak
 
 
+def _length(metres: float) -> str:
+    """A length with the SI prefix that keeps 1-3 digits before the point: 4.18 pm, 75 um."""
+    for unit, scale in (("km", 1e3), ("m", 1.0), ("mm", 1e-3), ("um", 1e-6), ("nm", 1e-9)):
+        if abs(metres) >= scale:
+            return f"{metres / scale:.4g} {unit}"
+    return f"{metres / 1e-12:.4g} pm"
+
+
+def _lengths(values: tuple[float, float]) -> str:
+    return f"{_length(values[0])} x {_length(values[1])} (y, x)"
+
+
 def inspect_text(data: DiffractionData) -> str:
     """A human multi-line summary of a data set (what ``diffrecon inspect`` prints)."""
     (h, w), (dy, dx) = data.frame_shape, data.detector_pixel_size_m
     lam, z = data.wavelength_m, data.distance_m
     valid = data.valid_mask()
     mean_total, peak = _count_stats(data)
+    if "voltage_v" in data.metadata:  # electron data (4D-STEM import, simulation)
+        beam = f"{electron_voltage_v(lam) / 1e3:.4g} keV electrons"
+    else:
+        beam = f"{data.energy_ev / 1e3:.4g} keV photons"
     lines = [
         f"file:             {data.source}",
         f"patterns:         {data.num_patterns} frames of {h} x {w} pixels",
-        f"energy:           {data.energy_ev / 1e3:.4g} keV (wavelength {lam * 1e9:.4g} nm)",
-        f"distance:         {z:.4g} m",
-        f"detector pixel:   {dy * 1e6:.4g} x {dx * 1e6:.4g} um (y, x)",
-        "recon pixel:      lambda z / (N dx) = "
-        f"{farfield_pixel_size_m(lam, z, h, dy) * 1e9:.4g} x "
-        f"{farfield_pixel_size_m(lam, z, w, dx) * 1e9:.4g} nm (y, x)",
+        f"energy:           {beam} (wavelength {_length(lam)})",
+        f"distance:         {_length(z)}",
+        f"detector pixel:   {_lengths((dy, dx))}",
+        "recon pixel:      lambda z / (N dx) = " + _lengths(
+            (farfield_pixel_size_m(lam, z, h, dy), farfield_pixel_size_m(lam, z, w, dx))),
     ]
     if data.positions_m is None:
-        lines.append("scan:             no positions (single-pattern CDI?)")
+        lines.append("scan:             no positions (one pattern or one volume)")
     else:
         positions = np.asarray(data.positions_m, dtype=np.float64)
-        extent = np.ptp(positions, axis=0) * 1e6 if len(positions) else np.zeros(2)
+        extent = np.ptp(positions, axis=0) if len(positions) else np.zeros(2)
         lines.append(
-            f"scan:             {len(positions)} positions, extent {extent[0]:.4g} x "
-            f"{extent[1]:.4g} um (y, x), mean step {mean_nearest_step(positions) * 1e6:.4g} um"
+            f"scan:             {len(positions)} positions, extent "
+            f"{_lengths((extent[0], extent[1]))}, mean step {_length(mean_nearest_step(positions))}"
         )
     if data.angles_rad is not None:
         tilts = np.unique(np.asarray(data.angles_rad), axis=0)

@@ -276,12 +276,18 @@ def run_case_in_child(name: str, args: argparse.Namespace) -> list[dict[str, Any
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES),
+                        help="benchmark cases to run")
     parser.add_argument("--peers", nargs="*", default=list(peers.PEERS),
-                        choices=list(peers.PEERS))
+                        choices=list(peers.PEERS),
+                        help="peer packages on the ptycho case, each installed from PyPI into "
+                             "experiments/bench/.venvs/ on first use; --peers with no names "
+                             "runs ours alone")
     parser.add_argument("--scene", type=Path,
-                        default=EXPERIMENTS / "configs" / "ptycho_design.toml")
+                        default=EXPERIMENTS / "configs" / "ptycho_design.toml",
+                        help="simulation TOML of the ptycho scene")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu",
                         help="torch device of our runs, e.g. cuda (peers are then skipped: "
