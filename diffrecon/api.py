@@ -19,6 +19,7 @@ import torch
 from diffrecon import config as cfg
 from diffrecon.algorithms.base import Algorithm
 from diffrecon.algorithms.recipe import make_algorithm
+from diffrecon.config import Overrides
 from diffrecon.data import (
     arrays,
     cxi,
@@ -30,7 +31,6 @@ from diffrecon.data import (
 )
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
-from diffrecon.data.results import write_results
 from diffrecon.data.simulate import simulators
 from diffrecon.errors import ConfigError
 from diffrecon.models.base import ForwardModel, models
@@ -55,7 +55,10 @@ from diffrecon.runconfig import (
     config_to_dict,
     config_to_toml,
     load_config,
+    require_device,
+    resumed_config,
 )
+from diffrecon.runfolder import RunFolder, check_run_folder, write_run_folder
 from diffrecon.tracking import NullLogger, RunLogger
 
 log = logging.getLogger("diffrecon")
@@ -100,7 +103,7 @@ def list_models() -> list[str]:
 
 
 def _as_config(config: RunConfig | str | Path | dict[str, Any] | None, modality: str | None,
-               overrides: list[str] | tuple[str, ...]) -> RunConfig:
+               overrides: Overrides) -> RunConfig:
     if isinstance(config, RunConfig):
         values = config_to_dict(config)
         values["model"] = cfg.to_dict(config.model)
@@ -127,7 +130,7 @@ def reconstruct(
     data: DiffractionData | str | Path, modality: str | None = None,
     config: RunConfig | str | Path | dict[str, Any] | None = None, *,
     out: str | Path | None = None, resume: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (), lazy: bool | None = None,
+    overrides: Overrides = (), lazy: bool | None = None,
     initial: dict[str, Any] | None = None,
 ) -> Result:
     """Reconstruct ``data`` with the registered ``modality``; write a run folder if ``out``.
@@ -137,10 +140,13 @@ def reconstruct(
         modality: registered model name (default: the config's, else ``ptycho``).
         config: a RunConfig, a TOML path or a dict; defaults work on typical data.
         out: run folder for reconstruction.h5, report.png, config.toml, tensorboard/,
-            checkpoint.pt.
+            checkpoint.pt; checked to be creatable and writable before the data are read
+            (ConfigError). A file that cannot be written there at the end goes to a folder in
+            the temporary directory, and ``runfolder.RunFolderError`` says where.
         resume: a run folder (or checkpoint.pt) to continue from; its config is used, with
             ``overrides`` on top (e.g. more epochs).
-        overrides: ``section.key=value`` strings, as ``--set`` on the command line.
+        overrides: ``section.key=value`` strings (or one such string), as ``--set`` on the
+            command line.
         lazy: True reads the patterns from the file batch by batch (data larger than
             memory), False holds them in memory; None (default) holds them in memory when
             they take at most half of the memory available (host, cgroup or CUDA device),
@@ -153,13 +159,16 @@ def reconstruct(
     call on its share of each minibatch and returns the same result; only rank 0 writes
     ``out``. See README, "Scaling out: torchrun".
     """
-    state = None
+    state = checkpoint = None
     if resume is not None:
-        state = load_checkpoint(resume)
-        config = state["config"]
-        out = Path(resume if Path(resume).is_dir() else Path(resume).parent) if out is None \
-            else out
+        checkpoint = Path(resume) / "checkpoint.pt" if Path(resume).is_dir() else Path(resume)
+        state = load_checkpoint(checkpoint)
+        config = resumed_config(state, checkpoint, modality)
+        out = checkpoint.parent if out is None else out
     run_config = _as_config(config, modality, overrides)
+    require_device(run_config.recon.device)
+    if out is not None:
+        check_run_folder(out)
     if not isinstance(data, DiffractionData):
         # Read a file through the lazy reader even when the patterns are then held in memory:
         # they are copied chunk by chunk into the working tensor, never twice in memory.
@@ -176,11 +185,15 @@ def reconstruct(
             best, results, metrics = multistart(
                 data, run_config,
                 lambda start: _reconstruct_once(data, start, None, None, lazy, comm, initial))
-            out_dir = Path(out) if out is not None else None
-            if out_dir is not None:
-                _write_run_folder(out_dir, run_config, results, best.history, metrics)
-            return Result(best.model, results, best.history, metrics, out_dir)
-        return _reconstruct_once(data, run_config, state, out, lazy, comm, initial)
+            result = Result(best.model, results, best.history, metrics,
+                            Path(out) if out is not None else None)
+            if out is not None:
+                folder = RunFolder(out)
+                write_run_folder(folder, run_config, results, best.history, metrics)
+                folder.raise_failures(result)
+            return result
+        return _reconstruct_once(data, run_config, state, out, lazy, comm, initial,
+                                 checkpoint=checkpoint)
 
 
 def _set_initial(model: ForwardModel, initial: dict[str, Any]) -> None:
@@ -201,8 +214,10 @@ def _set_initial(model: ForwardModel, initial: dict[str, Any]) -> None:
 def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
                       out: str | Path | None, lazy: bool | None,
                       comm: distributed.Communicator,
-                      initial: dict[str, Any] | None = None) -> Result:
-    """One reconstruction of validated ``data`` (from ``state`` when resuming)."""
+                      initial: dict[str, Any] | None = None, *,
+                      checkpoint: Path | None = None) -> Result:
+    """One reconstruction of validated ``data`` (from ``state``, read from ``checkpoint``, when
+    resuming)."""
     model_cls = models.get(run_config.modality)
     device = comm.device
     generator = torch.Generator().manual_seed(run_config.recon.seed)
@@ -228,6 +243,7 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
                           "and rpie")
     make_run = _run_factory(model, batches, objective, algorithm, run_config, comm)
     out_dir = Path(out) if out is not None and comm.is_main else None
+    folder = RunFolder(out_dir) if out_dir is not None else None
     evaluate = (truth_evaluator(data.truth, data.positions_m)
                 if data.truth is not None and run_config.log.metrics else None)
     # The allocator keeps freed blocks during the iterations only: while the data were read
@@ -242,10 +258,10 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
                 select_initial_guess(model, candidates, make_run)
         run = make_run(model)
         logger = _logger(run_config, out_dir)
-        run.callbacks = model.callbacks() + _callbacks(run_config, out_dir, logger, during,
+        run.callbacks = model.callbacks() + _callbacks(run_config, folder, logger, during,
                                                        comm.is_main)
         if state is not None:
-            cb.resume(run, state)
+            cb.resume(run, state, checkpoint or "checkpoint")
             comm.broadcast_module(model)
         try:
             history = run.run()
@@ -253,9 +269,11 @@ def _reconstruct_once(data: DiffractionData, run_config: RunConfig, state: Any,
             logger.close()
     results = model.results()
     metrics = evaluate(model) if evaluate is not None else {}
-    if out_dir is not None:
-        _write_run_folder(out_dir, run_config, results, history, metrics)
-    return Result(model, results, history, metrics, out_dir, comm.rank)
+    result = Result(model, results, history, metrics, out_dir, comm.rank)
+    if folder is not None:
+        write_run_folder(folder, run_config, results, history, metrics)
+        folder.raise_failures(result)
+    return result
 
 
 def _returning_memory(evaluate: Callable[[ForwardModel], dict[str, float]]
@@ -294,11 +312,11 @@ def prefer_jemalloc(path: str | Path, device: str | None = None) -> None:
     """For the command line, before ``reconstruct``: restart the process under jemalloc when
     the scan in ``path`` would be held in host memory and is large
     (``host_memory.restart_under_jemalloc``); returns when it does not restart."""
+    target = require_device(device or "cpu")
     data = load(path, lazy=True)
-    device = torch.device(device or "cpu")
-    if data.positions_m is None or _holding(data, device)[0]:
+    if data.positions_m is None or _holding(data, target)[0]:
         return
-    restart_under_jemalloc(_held_bytes(data), device.type)
+    restart_under_jemalloc(_held_bytes(data), target.type)
 
 
 def _held_bytes(data: DiffractionData, compact: bool = True) -> int:
@@ -315,7 +333,7 @@ def _logger(run_config: RunConfig, out: Path | None) -> Any:
     return logger
 
 
-def _callbacks(run_config: RunConfig, out: Path | None, logger: Any,
+def _callbacks(run_config: RunConfig, folder: RunFolder | None, logger: Any,
                evaluate: Any, main: bool = True) -> list[Any]:
     callbacks: list[Any] = []
     if evaluate is not None:
@@ -330,50 +348,17 @@ def _callbacks(run_config: RunConfig, out: Path | None, logger: Any,
         # without TensorBoard its images would still be drawn: results (an object-sized
         # illumination map) and matplotlib (about 25 MiB resident) every image_every epochs
         callbacks.append(cb.TensorBoard(logger, hparams, run_config.log.image_every))
-    if out is not None:
-        callbacks.append(cb.Checkpoint(out / "checkpoint.pt", config_to_dict(run_config),
+    if folder is not None:
+        callbacks.append(cb.Checkpoint(folder, config_to_dict(run_config),
                                        run_config.recon.checkpoint_every))
     return callbacks
 
 
-def _write_run_folder(out: Path, run_config: RunConfig, results: dict[str, Any],
-                      history: dict[str, list[float]], metrics: dict[str, float]) -> None:
-    from diffrecon.viz import save_report
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config_to_toml(run_config))
-    if "atoms_xyz" in results:  # traced atoms (ptycho_tomo) as an XYZ file
-        results = dict(results)
-        (out / "atoms.xyz").write_text(results.pop("atoms_xyz"))
-    arrays = {k: np.asarray(v) for k, v in results.items() if np.ndim(v) > 0}
-    attrs: dict[str, Any] = {k: v for k, v in results.items() if np.ndim(v) == 0}
-    for key in ("pixel_size_m", "origin_m"):
-        if key in arrays:
-            attrs[key] = tuple(float(v) for v in arrays.pop(key))
-    attrs["modality"] = run_config.modality
-    attrs.update({f"metric_{k}": float(v) for k, v in metrics.items()})
-    groups = {"history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}}
-    write_results(out / "reconstruction.h5", arrays, attrs, groups=groups)
-    if "lab_voxel_size_m" in arrays:  # lab-frame volumes (Bragg CDI): a ParaView descriptor
-        from diffrecon.data.xdmf import write_xdmf
-
-        grid = np.shape(arrays.get("strain", ()))
-        write_xdmf(out / "reconstruction.xdmf", "reconstruction.h5",
-                   {k: v for k, v in arrays.items() if v.shape == grid and v.dtype != bool},
-                   arrays["lab_voxel_size_m"], arrays["lab_origin_m"])
-    if run_config.log.report:
-        title = f"diffrecon {run_config.modality}: " + ", ".join(
-            f"{k} {v:.3g}" for k, v in metrics.items())
-        save_report(out / "report.png", results, {"loss": history.get("loss/total", []),
-                    **{k: v for k, v in history.items() if k.startswith("metric/")}}, title=title)
-
-
 def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str = "ptycho",
-             out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-             ) -> DiffractionData:
+             out: str | Path | None = None, overrides: Overrides = ()) -> DiffractionData:
     """Simulate a data set with ground truth; write it as CXI if ``out`` is given."""
     values = cfg.load_toml(config) if isinstance(config, (str, Path)) else dict(config or {})
-    cfg.apply_overrides(values, list(overrides))
+    cfg.apply_overrides(values, overrides)
     name = values.get("modality", modality)
     simulator = simulators.get(name)
     settings = cfg.from_dict(simulator.Config, values)
@@ -385,7 +370,7 @@ def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str
 
 
 def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | None = None, *,
-                  out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                  out: str | Path | None = None, overrides: Overrides = ()
                   ) -> DiffractionData:
     """Read a 4D-STEM file (.npy, HDF5, EMPAD .raw) with a calibration (TOML path or dict of
     ``data.stem.STEMCalibration`` keys, plus ``key=value`` overrides); write CXI if ``out``."""
@@ -393,7 +378,7 @@ def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | N
 
     values = (cfg.load_toml(calibration) if isinstance(calibration, (str, Path))
               else dict(calibration or {}))
-    cfg.apply_overrides(values, list(overrides))
+    cfg.apply_overrides(values, overrides)
     data = load_4dstem(path, cfg.from_dict(STEMCalibration, values))
     if out is not None:
         cxi.save(data, out)

@@ -110,14 +110,16 @@ def _summary(result: object, seconds: float) -> str:
     from diffrecon.api import Result
 
     assert isinstance(result, Result)
-    lines = [f"finished in {seconds:.1f} s; final loss {result.history['loss/total'][-1]:.5g}"]
+    losses = result.history.get("loss/total") or [float("nan")]  # none: no epoch left to run
+    lines = [f"finished in {seconds:.1f} s; final loss {losses[-1]:.5g}"]
     if result.metrics:
         lines.append(
             "vs ground truth: " + ", ".join(f"{k} = {v:.4g}" for k, v in result.metrics.items())
         )
     if result.out is not None:
         lines.append(f"run folder: {result.out}/ (reconstruction.h5, report.png, config.toml)")
-        lines.append(f"TensorBoard: tensorboard --logdir {result.out / 'tensorboard'}")
+        if (result.out / "tensorboard").is_dir():
+            lines.append(f"TensorBoard: tensorboard --logdir {result.out / 'tensorboard'}")
     return "\n".join(lines)
 
 
@@ -125,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     from diffrecon import api
     from diffrecon.learn.api import infer as api_infer
     from diffrecon.learn.api import train as api_train
+    from diffrecon.runfolder import check_run_folder
 
     quiet = ["log.progress=false"] if args.quiet else []
     if args.command == "config":
@@ -161,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
     elif args.command == "demo":
-        out = Path(args.out)
+        out = check_run_folder(args.out)
         out.mkdir(parents=True, exist_ok=True)
         data = api.simulate(out=out / "data.cxi")
         print(f"simulated {data.num_patterns} far-field patterns -> {out / 'data.cxi'}")

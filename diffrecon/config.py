@@ -1,9 +1,14 @@
 """Typed configuration: dataclasses loaded from TOML, unknown keys rejected with a hint.
 
 The schema is plain stdlib dataclasses. ``from_dict`` builds a dataclass from a (nested) dict and
-checks every key and type; ``apply_overrides`` applies ``--set section.key=value`` strings;
-``to_toml`` writes a config back out, with each field's ``doc`` metadata as a comment.
+checks every key, type and range; ``apply_overrides`` applies ``--set section.key=value``
+strings; ``to_toml`` writes a config back out, with each field's ``doc`` metadata as a comment.
 Nothing outside this module indexes raw config dicts.
+
+Ranges: a field declares its bounds or a check in ``doc(..., minimum=..., maximum=...,
+check=...)``; a field that declares no lower bound follows the naming conventions of
+``NAMED_MINIMUMS`` (counts of epochs, slices and modes are at least 1; learning rates are never
+negative).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import difflib
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -25,14 +31,80 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
+#: ``--set`` overrides: a list of ``section.key=value`` strings, or one such string.
+Overrides = str | Iterable[str] | None
 
-def doc(default: Any, text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and a one-line description (written into TOML dumps)."""
+#: A value check: None when ``value`` is valid, else what was expected ("a torch device: ...").
+Check = Callable[[Any], str | None]
+
+#: Lower bounds of numeric fields by name, for fields that declare none: counts that must be at
+#: least 1 (epochs, slices, modes, the stride ``every``), and learning rates and epoch numbers
+#: that must not be negative. A ``*`` key holds for every name with its suffix (``probe_modes``).
+NAMED_MINIMUMS: dict[str, float] = {
+    "epochs": 1, "slices": 1, "*_modes": 1, "every": 1, "lr": 0, "start": 0, "stop": 0,
+}
+
+
+def positive(value: Any) -> str | None:
+    """A ``Check`` of a strictly positive number (lengths, apertures, magnifications)."""
+    return None if isinstance(value, (int, float)) and value > 0 else "a number > 0"
+
+
+def doc(default: Any, text: str, *, minimum: float | None = None,
+        maximum: float | None = None, check: Check | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a one-line description (written into TOML dumps).
+
+    Args:
+        minimum: smallest valid value of a numeric field (checked by ``from_dict``).
+        maximum: largest valid value of a numeric field.
+        check: a further check of the value (see ``Check``), e.g. a device name.
+    """
+    metadata = {"doc": text, "minimum": minimum, "maximum": maximum, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(
-            default_factory=lambda: type(default)(default), metadata={"doc": text}, **kwargs
+            default_factory=lambda: type(default)(default), metadata=metadata, **kwargs
         )
-    return dataclasses.field(default=default, metadata={"doc": text}, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _minimum(field: dataclasses.Field[Any]) -> float | None:
+    """The declared lower bound of ``field``, else the naming convention's (``NAMED_MINIMUMS``)."""
+    declared = field.metadata.get("minimum")
+    if declared is not None:
+        return float(declared)
+    if field.name in NAMED_MINIMUMS:
+        return NAMED_MINIMUMS[field.name]
+    for key, bound in NAMED_MINIMUMS.items():
+        if key.startswith("*") and field.name.endswith(key[1:]):
+            return bound
+    return None
+
+
+def _range_problem(field: dataclasses.Field[Any], value: Any) -> str | None:
+    """None when numeric ``value`` lies within the bounds of ``field`` (NaN within none), else
+    what was expected."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    low, high = _minimum(field), field.metadata.get("maximum")
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    kind = "an integer" if isinstance(value, int) else "a number"
+    if low is not None and high is not None:
+        return f"{kind} in [{low:g}, {high:g}]"
+    return f"{kind} >= {low:g}" if low is not None else f"{kind} <= {high:g}"
+
+
+def _check_value(field: dataclasses.Field[Any], value: Any, where: str) -> None:
+    """Raise ConfigError when ``value`` of ``field`` (at key ``where``) is out of its range or
+    fails its check; the message names the key, what was expected, the value and the field's
+    description."""
+    expected = _range_problem(field, value)
+    if expected is None and field.metadata.get("check") is not None:
+        expected = field.metadata["check"](value)
+    if expected is not None:
+        text = field.metadata.get("doc")
+        raise ConfigError(f"config key '{where}': expected {expected}, found {value!r}"
+                          + (f" ({text})" if text else ""))
 
 
 def _is_optional(hint: Any) -> tuple[bool, Any]:
@@ -87,15 +159,17 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``values``, rejecting unknown keys with a "did you mean"."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _convert(value, hints[key], path)
+        if kwargs[key] is not None:
+            _check_value(fields[key], kwargs[key], path)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
@@ -126,9 +200,22 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested dict (in place) and return it."""
-    for item in overrides:
+def override_list(overrides: Overrides) -> list[str]:
+    """``overrides`` as a list of ``key=value`` strings; a single string is one override."""
+    if overrides is None:
+        return []
+    items = [overrides] if isinstance(overrides, str) else list(overrides)
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: expected 'key=value' strings (e.g. "
+                              f"['recon.epochs=50']), found {item!r}")
+    return items
+
+
+def apply_overrides(values: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (or one such string) to a nested dict (in place) and
+    return it."""
+    for item in override_list(overrides):
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, found '{item}'")
         key, text = item.split("=", 1)

@@ -8,10 +8,12 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffrecon import config as cfg
 from diffrecon.algorithms.base import AlgorithmConfig
-from diffrecon.config import doc
-from diffrecon.errors import ConfigError
+from diffrecon.config import Overrides, doc
+from diffrecon.errors import ConfigError, DataFormatError
 from diffrecon.models.base import ParamOverride, ParamSpec, models
 from diffrecon.recon.objective import LossConfig
 from diffrecon.recon.reconstructor import ReconConfig
@@ -21,9 +23,11 @@ from diffrecon.recon.reconstructor import ReconConfig
 class LogConfig:
     tensorboard: bool = doc(True, "write TensorBoard event files into <out>/tensorboard")
     progress: bool = doc(True, "show a progress bar")
-    image_every: int = doc(10, "log object/probe images every n epochs")
+    image_every: int = doc(10, "log object/probe images every n epochs", minimum=1)
     metrics: bool = doc(True, "compare with the ground truth when the data carry one")
-    metric_every: int = doc(5, "compare with ground truth every n epochs (simulated data)")
+    metric_every: int = doc(
+        5, "compare with ground truth every n epochs (simulated data)", minimum=1
+    )
     report: bool = doc(True, "write report.png")
 
 
@@ -50,10 +54,10 @@ class RunConfig:
 
 
 def build_config(values: dict[str, Any] | None = None, *, modality: str | None = None,
-                 overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+                 overrides: Overrides = ()) -> RunConfig:
     """A validated RunConfig from a TOML-like dict, a modality and ``--set`` overrides."""
     values = dict(values or {})
-    cfg.apply_overrides(values, list(overrides))
+    cfg.apply_overrides(values, overrides)
     if modality is not None:
         values["modality"] = modality
     name = values.get("modality", RunConfig.modality)
@@ -77,7 +81,7 @@ def merge_tables(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, 
 
 
 def load_config(path: str | Path | None, *, modality: str | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+                overrides: Overrides = ()) -> RunConfig:
     if path is None:
         return build_config({}, modality=modality, overrides=overrides)
     values = cfg.load_toml(path)
@@ -86,6 +90,42 @@ def load_config(path: str | Path | None, *, modality: str | None = None,
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     return build_config(values, modality=modality, overrides=overrides)
+
+
+def resumed_config(state: Any, source: str | Path, modality: str | None) -> dict[str, Any]:
+    """The run config recorded in checkpoint ``state`` (read from ``source``), checked to be a
+    reconstruction's and, when ``modality`` is given, to be of that modality."""
+    values = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(values, dict) or "model" not in state:
+        found = f"keys {sorted(state)}" if isinstance(state, dict) else type(state).__name__
+        raise DataFormatError(str(source), "config", "a checkpoint written by 'diffrecon "
+                              "reconstruct' (model state and run config)", found)
+    made_with = values.get("modality", RunConfig.modality)
+    if modality is not None and modality != made_with:
+        raise ConfigError(f"{source}: the run was made with modality '{made_with}' and cannot "
+                          f"be resumed as '{modality}'; leave out --modality, or start a new "
+                          "run without --resume")
+    return values
+
+
+def require_device(name: str) -> torch.device:
+    """The torch device ``name`` (``recon.device``), checked to exist on this machine, so that
+    a run fails before it starts rather than in torch's first CUDA call."""
+    device = torch.device(cfg.from_dict(ReconConfig, {"device": name}, "recon").device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = (f"built with CUDA {torch.version.cuda}, but no GPU is visible"
+                 if torch.version.cuda else "a CPU-only build")
+        raise ConfigError(f"recon.device '{name}': CUDA requested but torch.cuda.is_available() "
+                          f"is False (torch {torch.__version__}: {build}); use recon.device=cpu "
+                          "(--device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"recon.device '{name}': this machine has {count} CUDA device(s), "
+                          f"cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"recon.device '{name}': MPS requested but "
+                          f"torch.backends.mps.is_available() is False (torch {torch.__version__})")
+    return device
 
 
 def config_to_dict(run: RunConfig) -> dict[str, Any]:

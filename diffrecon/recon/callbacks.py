@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from diffrecon.errors import ConfigError
 from diffrecon.recon.checkpoint import save_checkpoint
 from diffrecon.recon.reconstructor import Reconstructor
+from diffrecon.runfolder import RunFolder, RunFolderError
 from diffrecon.tracking import Logger
 
 log = logging.getLogger("diffrecon")
@@ -133,10 +135,22 @@ class TensorBoard:
 
 
 class Checkpoint:
-    """Atomically write the full run state every ``every`` epochs and at the end."""
+    """Atomically write the full run state as ``name`` in ``folder`` every ``every`` epochs and
+    at the end. When an epoch's checkpoint cannot be written the run stops (RunFolderError;
+    the previous checkpoint is intact); the final one goes to the folder's fallback instead,
+    which the end of the run reports."""
 
-    def __init__(self, path: str | Path, config: Any, every: int = 10) -> None:
-        self.path, self.config, self.every = Path(path), config, every
+    def __init__(self, folder: RunFolder, config: Any, every: int = 10,
+                 name: str = "checkpoint.pt") -> None:
+        self.folder, self.config, self.every, self.name = folder, config, every, name
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path / self.name
+
+    def save(self, run: Reconstructor, rescue: bool = True) -> None:
+        state = self.state(run)
+        self.folder.write(self.name, lambda path: save_checkpoint(path, state), rescue=rescue)
 
     def state(self, run: Reconstructor) -> dict[str, Any]:
         return {
@@ -155,14 +169,21 @@ class Checkpoint:
 
     def on_epoch_end(self, run: Reconstructor, epoch: int, logs: dict[str, float]) -> None:
         if self.every and (epoch + 1) % self.every == 0:
-            save_checkpoint(self.path, self.state(run))
+            try:
+                self.save(run, rescue=False)
+            except RunFolderError as error:
+                raise RunFolderError(f"{error}; the run stopped after epoch {epoch + 1}, its "
+                                     "previous checkpoint (if any) is intact and --resume "
+                                     "continues from it") from None
 
     def on_end(self, run: Reconstructor) -> None:
-        save_checkpoint(self.path, self.state(run))
+        self.save(run)
 
 
-def resume(run: Reconstructor, state: dict[str, Any]) -> None:
-    """Put a freshly built run into the state a checkpoint recorded."""
+def resume(run: Reconstructor, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
+    """Put a freshly built run into the state the checkpoint ``source`` recorded; ConfigError
+    when it was made from another scan or other model settings."""
+    _check_same_model(run.model.state_dict(), state["model"], source)
     run.model.load_state_dict(state["model"])
     run.plan.load_state_dict(state["plan"])
     run.state = state["algorithm_state"]
@@ -170,3 +191,24 @@ def resume(run: Reconstructor, state: dict[str, Any]) -> None:
     run.history.update({k: list(v) for k, v in state["history"].items()})
     run.epoch = int(state["epoch"])
     run.recoveries = int(state["recoveries"])
+
+
+def _check_same_model(current: dict[str, Any], saved: dict[str, Any], source: str | Path) -> None:
+    """ConfigError naming the first parameter whose shape (or presence) differs between the
+    checkpoint ``source``'s model state ``saved`` and this run's ``current``."""
+    mismatched = [(name, tuple(saved[name].shape), tuple(value.shape))
+                  for name, value in current.items()
+                  if name in saved and tuple(saved[name].shape) != tuple(value.shape)]
+    if mismatched:
+        name, before, now = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more parameters)" if len(mismatched) > 1 else ""
+        raise ConfigError(
+            f"{source}: parameter '{name}' has shape {before} in the checkpoint but {now} for "
+            f"this data{more}: the checkpoint belongs to another scan (or other model "
+            "settings); resume it with the data file it was made from, or start a new run "
+            "without --resume")
+    differ = sorted(set(current) ^ set(saved))
+    if differ:
+        raise ConfigError(f"{source}: the checkpoint's model has other parameters than this "
+                          f"run's ({', '.join(differ[:4])}): it was made with other model "
+                          "settings; start a new run without --resume")

@@ -31,20 +31,45 @@ Tensor = torch.Tensor
 log = logging.getLogger("diffrecon")
 
 
+#: Torch device types a reconstruction runs on (``recon.device``).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+DEVICE_NAMES = "cpu, cuda, cuda:<index> (e.g. cuda:1) or mps"
+
+
+def device_name_problem(name: object) -> str | None:
+    """None when ``name`` is a device string of ``DEVICE_TYPES``, else what was expected
+    (whether this machine has that device is checked before a run, ``runconfig.require_device``).
+    """
+    try:
+        valid = isinstance(name, str) and torch.device(name).type in DEVICE_TYPES
+    except (RuntimeError, ValueError):
+        valid = False
+    return None if valid else f"a torch device: {DEVICE_NAMES}"
+
+
 @dataclasses.dataclass
 class ReconConfig:
-    epochs: int = doc(100, "passes over all patterns")
-    batch_size: int = doc(0, "patterns per update; 0 picks from the data size")
+    epochs: int = doc(100, "passes over all patterns", minimum=1)
+    batch_size: int = doc(0, "patterns per update; 0 picks from the data size", minimum=0)
     sampler: Literal["random", "compact"] = doc("random", "batch composition")
     seed: int = doc(0, "seed of initial guesses and batch order")
-    device: str = doc("cpu", "torch device: cpu, cuda, cuda:1, ...")
-    max_recoveries: int = doc(5, "NaN/Inf rollbacks (each halves the steps) before giving up")
-    checkpoint_every: int = doc(10, "write checkpoint.pt every n epochs (0: only at the end)")
-    plateau_patience: int = doc(
-        3, "halve all step sizes when the loss has not improved for n epochs (0: never)"
+    device: str = doc("cpu", "torch device: cpu, cuda, cuda:1, ...", check=device_name_problem)
+    max_recoveries: int = doc(
+        5, "NaN/Inf rollbacks (each halves the steps) before giving up", minimum=0
     )
-    starts: int = doc(1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor")
-    average_best: int = doc(5, "with starts > 1: align and average this many of the best")
+    checkpoint_every: int = doc(
+        10, "write checkpoint.pt every n epochs (0: only at the end)", minimum=0
+    )
+    plateau_patience: int = doc(
+        3, "halve all step sizes when the loss has not improved for n epochs (0: never)",
+        minimum=0,
+    )
+    starts: int = doc(
+        1, "independent random starts (seeds seed, seed+1, ...), ranked by R-factor", minimum=1
+    )
+    average_best: int = doc(
+        5, "with starts > 1: align and average this many of the best", minimum=1
+    )
     compact_counts: bool = doc(
         True, "hold whole-number counts in [0, 65535] as uint16 in memory (half of float32; "
         "converted per batch); other data stay float32"
