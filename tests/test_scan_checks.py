@@ -64,6 +64,12 @@ def test_positions_in_micrometres_are_rejected_before_allocation() -> None:
     assert "at most 65536 object pixels" in message and "SI units" in message
 
 
+def test_a_repeated_scan_is_judged_by_its_distinct_positions() -> None:
+    """A tilt series holds the same scan once per tilt: its duplicates are not a zero step."""
+    scan = fermat_spiral(100, 1e-6)
+    assert record(np.concatenate([scan, scan, scan]), 6e-8) == []
+
+
 @pytest.mark.parametrize(
     ("positions", "pixel_m", "expected"),
     [

@@ -117,12 +117,13 @@ def check_scan_sampling(
             f"{geometry}")
     if len(positions_m) < 2:
         return
-    if not np.any(extent_m > 0):
+    distinct = np.unique(positions_m, axis=0)  # a tilt series repeats its scan per tilt
+    if len(distinct) < 2:
         warnings.warn(f"{source}: '{key}': all {len(positions_m)} scan positions are "
                       "identical; ptychography needs distinct, overlapping positions",
                       ScanWarning, stacklevel=3)
         return
-    step_px = mean_nearest_step(positions_m / pixel)
+    step_px = mean_nearest_step(distinct / pixel)
     if step_px < 0.05:
         warnings.warn(f"{source}: '{key}': neighbouring scan positions are on average "
                       f"{step_px:.2g} {geometry} apart; check the units of the positions, "
