@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -31,8 +32,9 @@ from diffrecon.data import (
 )
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.dataset import PatternBatches
-from diffrecon.data.simulate import simulators
+from diffrecon.data.simulate import Simulator, simulators
 from diffrecon.errors import ConfigError
+from diffrecon.learn.train import TrainConfig, load_train_config
 from diffrecon.models.base import ForwardModel, models
 from diffrecon.recon import callbacks as cb
 from diffrecon.recon import distributed, memory_budget
@@ -54,6 +56,7 @@ from diffrecon.runconfig import (
     build_config,
     config_to_dict,
     config_to_toml,
+    default_config_toml,
     load_config,
     require_device,
     resumed_config,
@@ -62,6 +65,9 @@ from diffrecon.runfolder import RunFolder, check_run_folder, write_run_folder
 from diffrecon.tracking import NullLogger, RunLogger
 
 log = logging.getLogger("diffrecon")
+
+#: top-level tables only a training config has (``learn.train.TrainConfig``)
+TRAINING_SECTIONS = {f.name for f in dataclasses.fields(TrainConfig)} - {"modality"}
 
 
 @dataclasses.dataclass
@@ -142,7 +148,7 @@ def reconstruct(
         out: run folder for reconstruction.h5, report.png, config.toml, tensorboard/,
             checkpoint.pt; checked to be creatable and writable before the data are read
             (ConfigError). A file that cannot be written there at the end goes to a folder in
-            the temporary directory, and ``runfolder.RunFolderError`` says where.
+            the temporary directory, and ``errors.RunFolderError`` says where.
         resume: a run folder (or checkpoint.pt) to continue from; its config is used, with
             ``overrides`` on top (e.g. more epochs).
         overrides: ``section.key=value`` strings (or one such string), as ``--set`` on the
@@ -356,17 +362,40 @@ def _callbacks(run_config: RunConfig, folder: RunFolder | None, logger: Any,
 
 def simulate(config: str | Path | dict[str, Any] | None = None, *, modality: str = "ptycho",
              out: str | Path | None = None, overrides: Overrides = ()) -> DiffractionData:
-    """Simulate a data set with ground truth; write it as CXI if ``out`` is given."""
-    values = cfg.load_toml(config) if isinstance(config, (str, Path)) else dict(config or {})
-    cfg.apply_overrides(values, overrides)
-    name = values.get("modality", modality)
-    simulator = simulators.get(name)
-    settings = cfg.from_dict(simulator.Config, values)
+    """Simulate a data set with ground truth; write it as CXI if ``out`` is given.
+
+    ``config`` is a simulation TOML (path or dict; keys: ``default_simulation``) or a training
+    config, whose ``[simulation]`` table is the scan its network is trained for.
+    """
+    simulator, settings = simulation_settings(config, modality=modality, overrides=overrides)
     data = simulator(settings)
     if out is not None:
         cxi.save(data, out)
         data.source = str(out)
     return data
+
+
+def simulation_settings(config: str | Path | dict[str, Any] | None = None, *,
+                        modality: str = "ptycho", overrides: Overrides = ()
+                        ) -> tuple[Simulator, Any]:
+    """The simulator and its validated settings for ``simulate`` (same arguments)."""
+    values = (cfg.load_toml(config) if isinstance(config, (str, Path))
+              else copy.deepcopy(config or {}))  # overrides edit nested tables in place
+    if TRAINING_SECTIONS & set(values):
+        train = load_train_config(values)
+        if train.modality != "ptycho":
+            raise ConfigError(f"a training config of modality '{train.modality}' holds no scan "
+                              "to simulate (its [simulation] table is ptychography's)")
+        values = cfg.to_dict(train.simulation)
+    cfg.apply_overrides(values, overrides)
+    simulator = simulators.get(values.get("modality", modality))
+    return simulator, cfg.from_dict(simulator.Config, values)
+
+
+def default_simulation(modality: str) -> str:
+    """The simulation settings of ``modality`` with their defaults, as commented TOML: the
+    keys of a ``simulate`` TOML and of its overrides."""
+    return cfg.to_toml(simulators.get(modality).Config())
 
 
 def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | None = None, *,
@@ -387,10 +416,11 @@ def import_4dstem(path: str | Path, calibration: str | Path | dict[str, Any] | N
 
 
 def default_config(modality: str) -> str:
-    """The default run configuration of ``modality`` as commented TOML."""
+    """The default run configuration of ``modality`` as commented TOML, with the model's
+    per-parameter defaults as ``[params.<name>]`` tables."""
     if modality not in models:
         raise ConfigError(f"unknown modality '{modality}' (known: {', '.join(models.names())})")
-    return config_to_toml(build_config(modality=modality))
+    return default_config_toml(modality)
 
 
 def inspect(path: str | Path, modality: str = "ptycho") -> str:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from diffrecon.errors import ConfigError, DiffreconError
+
+if TYPE_CHECKING:
+    from diffrecon.data.container import DiffractionData
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,18 +37,29 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="simulate a ptychography scan and reconstruct it"
     )
     demo.add_argument("--out", default="diffrecon-demo", help="run folder (default: %(default)s)")
-    demo.add_argument("--epochs", type=int, default=60)
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    demo.add_argument("--epochs", type=int, default=60,
+                      help="epochs of the reconstruction (default: %(default)s)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                      help="override a run config key of the reconstruction, e.g. --set "
+                           "algorithm.name=rpie (repeatable; the keys: diffrecon config ptycho)")
 
     sim = sub.add_parser(
-        "simulate", parents=[common], help="simulate a data set from a TOML description"
+        "simulate", parents=[common], help="simulate a data set from a TOML description",
+        description="Simulate a data set with ground truth and write it as CXI. Its keys, "
+                    "with defaults and descriptions: diffrecon config MODALITY --simulate",
     )
-    sim.add_argument("config", nargs="?", help="simulation TOML (default: built-in scene)")
+    sim.add_argument("config", nargs="?",
+                     help="simulation TOML, or a training TOML (its [simulation] table: the "
+                          "scan a network is trained for); default: the built-in scene")
     sim.add_argument("--config", dest="config_option", default=None, metavar="CONFIG",
                      help="the simulation TOML given as an option (as for reconstruct)")
-    sim.add_argument("--modality", default="ptycho")
+    sim.add_argument("--modality", default="ptycho",
+                     help="registered modality whose scene is simulated, unless the TOML names "
+                          "one (default: %(default)s)")
     sim.add_argument("--out", required=True, help="output .cxi file")
-    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                     help="override a simulation key, e.g. --set scan_points=200 (repeatable; "
+                          "the keys: diffrecon config MODALITY --simulate)")
 
     stem = sub.add_parser(
         "import-stem", parents=[common], help="convert 4D-STEM data (.npy, HDF5, EMPAD .raw) to CXI"
@@ -55,7 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     rec = sub.add_parser("reconstruct", parents=[common], help="reconstruct a data file")
-    rec.add_argument("data", help="CXI or HDF5 data file")
+    rec.add_argument("data", help="a CXI or plain HDF5 file; a bare intensity array (.npy, "
+                                  ".npz, .tif/.tiff: a CDI pattern or volume); or Fourier-"
+                                  "ptychography data: an HDF5 file, a TOML/JSON description, "
+                                  "or a folder holding fp.toml or fp.json")
     rec.add_argument("--modality", default=None, help="registered modality (default: ptycho)")
     rec.add_argument("--config", default=None, help="run configuration TOML")
     rec.add_argument(
@@ -80,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("config", nargs="?", default=None, help="training TOML (see README)")
     trn.add_argument("--out", required=True, help="run folder (model.pt, tensorboard/, ...)")
     trn.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    trn.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    trn.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                     help="override a training config key, e.g. --set train.epochs=5 "
+                          "(repeatable)")
 
     inf = sub.add_parser("infer", parents=[common],
                          help="a network's object (ptycho: stitched; cdi: whole)")
@@ -92,17 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--finetune", type=int, default=0, metavar="N",
                      help="first N self-supervised fine-tuning steps on these patterns")
     inf.add_argument("--config", default=None, help="run configuration TOML of the refinement")
-    inf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    inf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                     help="override a run config key of the refinement, e.g. --set "
+                          "recon.batch_size=32 (repeatable)")
 
     ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a data file")
-    ins.add_argument("data")
-    ins.add_argument("--modality", default="ptycho")
+    ins.add_argument("data", help="data file (any input reconstruct accepts)")
+    ins.add_argument("--modality", default="ptycho",
+                     help="validate for this registered modality, with its own checks "
+                          "(default: %(default)s)")
 
     conf = sub.add_parser(
         "config", parents=[common], help="print the default configuration of a modality"
     )
-    conf.add_argument("modality", nargs="?", default="ptycho")
+    conf.add_argument("modality", nargs="?", default="ptycho",
+                      help="registered modality (default: %(default)s; see --list)")
     conf.add_argument("--list", action="store_true", help="list registered modalities")
+    conf.add_argument("--simulate", action="store_true",
+                      help="print the settings of 'diffrecon simulate --modality MODALITY' "
+                           "instead (its TOML and --set keys)")
     return parser
 
 
@@ -123,6 +154,14 @@ def _summary(result: object, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _written(out: str, data: DiffractionData) -> str:
+    """What ``simulate``/``import-stem`` wrote: patterns, or one 3D volume (CDI, Bragg)."""
+    if data.positions_m is None and data.num_patterns > 1:
+        shape = " x ".join(str(n) for n in (data.num_patterns, *data.frame_shape))
+        return f"wrote {out}: a {shape} volume"
+    return f"wrote {out}: {data.num_patterns} patterns of {data.frame_shape}"
+
+
 def _run(args: argparse.Namespace) -> int:
     from diffrecon import api
     from diffrecon.learn.api import infer as api_infer
@@ -131,7 +170,9 @@ def _run(args: argparse.Namespace) -> int:
 
     quiet = ["log.progress=false"] if args.quiet else []
     if args.command == "config":
-        print("\n".join(api.list_models()) if args.list else api.default_config(args.modality))
+        print("\n".join(api.list_models()) if args.list
+              else api.default_simulation(args.modality) if args.simulate
+              else api.default_config(args.modality))
     elif args.command == "inspect":
         print(api.inspect(args.data, args.modality))
     elif args.command == "simulate":
@@ -140,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
                               f"--config {args.config_option}); give one")
         data = api.simulate(args.config or args.config_option, modality=args.modality,
                             out=args.out, overrides=args.overrides)
-        print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
+        print(_written(args.out, data))
     elif args.command == "train":
         run = api_train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
         if run.out is not None:
@@ -162,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         data = api.import_4dstem(
             args.data, args.calibration, out=args.out, overrides=args.overrides
         )
-        print(f"wrote {args.out}: {data.num_patterns} patterns of {data.frame_shape}")
+        print(_written(args.out, data))
     elif args.command == "demo":
         out = check_run_folder(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +239,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the command line: one line on stderr, no source line; the
+    category is named unless it is one of ours (``SamplingWarning``, ``ScanWarning``)."""
+    ours = category.__module__.split(".")[0] == "diffrecon"
+    print(f"diffrecon: warning: {'' if ours else category.__name__ + ': '}{message}",
+          file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _clean_warnings() -> Iterator[None]:
+    """Within the block warnings print through ``_show_warning``; the filters and
+    ``warnings.showwarning`` are restored on exit (the Python API keeps Python's)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.console = argv is None  # the command line itself, not a call from Python
@@ -205,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s"
     )
     try:
-        return _run(args)
+        with _clean_warnings():
+            return _run(args)
     except DiffreconError as error:
         print(f"diffrecon: error: {error}", file=sys.stderr)
         return 2

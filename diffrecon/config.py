@@ -50,6 +50,11 @@ def positive(value: Any) -> str | None:
     return None if isinstance(value, (int, float)) and value > 0 else "a number > 0"
 
 
+def nonzero(value: Any) -> str | None:
+    """A ``Check`` of a number other than 0 (a step that may go either way)."""
+    return None if isinstance(value, (int, float)) and value != 0 else "a non-zero number"
+
+
 def doc(default: Any, text: str, *, minimum: float | None = None,
         maximum: float | None = None, check: Check | None = None, **kwargs: Any) -> Any:
     """A dataclass field with a default and a one-line description (written into TOML dumps).
@@ -254,8 +259,10 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def to_toml(config: Any, section: str = "", comments: bool = True) -> str:
-    """Write a dataclass config as TOML, one table per nested dataclass, with doc comments."""
+def to_toml(config: Any, section: str = "", comments: bool = True,
+            notes: dict[str, str] | None = None) -> str:
+    """Write a dataclass config as TOML, one table per nested dataclass, with doc comments;
+    ``notes`` maps a table's name (``params.probe``) to a comment written above it."""
     lines: list[str] = []
     tables: list[tuple[str, Any]] = []
     for f in dataclasses.fields(config):
@@ -273,8 +280,9 @@ def to_toml(config: Any, section: str = "", comments: bool = True) -> str:
         lines.append(f"{f.name} = {_toml_value(value)}" if value is not None else f"# {f.name} =")
     out = ""
     if section and lines:
-        out += f"[{section}]\n"
+        note = (notes or {}).get(section) if comments else None
+        out += (f"# {note}\n" if note else "") + f"[{section}]\n"
     out += "\n".join(lines) + ("\n" if lines else "")
     for name, table in tables:
-        out += "\n" + to_toml(table, name, comments)
+        out += "\n" + to_toml(table, name, comments, notes)
     return out

@@ -6,6 +6,8 @@ Every error a user can trigger with a file or a config names *where* (file, key)
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DiffreconError(Exception):
     """Base class of all errors diffrecon raises on purpose."""
@@ -24,6 +26,17 @@ class DataFormatError(DiffreconError):
     def __init__(self, file: str, key: str, expected: str, found: str) -> None:
         self.file, self.key, self.expected, self.found = str(file), key, expected, found
         super().__init__(f"{self.file}: '{key}': expected {expected}, found {found}")
+
+
+class RunFolderError(DiffreconError, OSError):
+    """A run's files could not be written into its run folder (also an OSError, as the write
+    failure it reports); the message says where they went instead.
+
+    Attributes:
+        result: what the run returned (``api.Result``), when the run itself finished.
+    """
+
+    result: Any = None
 
 
 class ConfigError(DiffreconError):

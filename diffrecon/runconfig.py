@@ -135,3 +135,20 @@ def config_to_dict(run: RunConfig) -> dict[str, Any]:
 def config_to_toml(run: RunConfig, comments: bool = True) -> str:
     """The config as TOML; with ``comments`` every key carries its description."""
     return cfg.to_toml(run, comments=comments)
+
+
+def default_config_toml(modality: str) -> str:
+    """The default run config of ``modality`` as commented TOML, with the model's default plan
+    (``ForwardModel.param_defaults``) as ``[params.<name>]`` tables; a learning rate the model
+    derives from the data (``lr_scales``) is left out, its rule noted above the table."""
+    run = build_config(modality=modality)
+    model_cls = models.get(modality)
+    params: dict[str, ParamOverride] = {}
+    notes: dict[str, str] = {}
+    for name, spec in model_cls.param_defaults(run.model).items():
+        params[name] = ParamOverride(**dataclasses.asdict(spec))
+        if name in model_cls.lr_scales:
+            params[name].lr = None
+            notes[f"params.{name}"] = (f"lr left out: {spec.lr:g} x {model_cls.lr_scales[name]}"
+                                       " (set from the data)")
+    return cfg.to_toml(dataclasses.replace(run, params=params), notes=notes)

@@ -17,21 +17,10 @@ from typing import Any
 import numpy as np
 
 from diffrecon.data.results import write_results
-from diffrecon.errors import ConfigError, DiffreconError
+from diffrecon.errors import ConfigError, RunFolderError
 from diffrecon.runconfig import RunConfig, config_to_toml
 
 log = logging.getLogger("diffrecon")
-
-
-class RunFolderError(DiffreconError, OSError):
-    """A run's files could not be written into its run folder (also an OSError, as the write
-    failure it reports).
-
-    Attributes:
-        result: what the run returned (``api.Result``), when the run itself finished.
-    """
-
-    result: Any = None
 
 
 def _reason(error: BaseException) -> str:

@@ -3,9 +3,12 @@ traceback) for each kind of bad input. One subprocess test checks ``python -m di
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffrecon.cli import main
+import diffrecon
+from diffrecon import api
+from diffrecon.cli import _parser, main
 from diffrecon.config import tomllib  # tomli before Python 3.11
+from diffrecon.data import cxi
 from diffrecon.data.results import read_results
+from diffrecon.data.simulate import CDISimulation, simulators
+from diffrecon.learn.train import load_train_config
 from diffrecon.recon.checkpoint import load_checkpoint
 from diffrecon.runconfig import load_config
 
@@ -25,6 +33,7 @@ TRANSLATION = "entry_1/sample_1/geometry_1/translation"
 DETECTOR = "entry_1/instrument_1/detector_1"
 ENERGY = "entry_1/instrument_1/source_1/energy"
 PATTERNS = 30
+LEARN_PTYCHO = Path(__file__).parents[1] / "experiments" / "configs" / "learn_ptycho.toml"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,41 @@ def test_simulate_takes_its_toml_as_argument_or_option(capsys):
     assert main(["simulate", "scene.toml", "--config", "other.toml", "--out", "s.cxi"]) != 0
     err = capsys.readouterr().err
     assert "two simulation TOMLs" in err and "other.toml" in err
+
+
+def test_simulation_keys_are_listed_with_defaults_and_read_back(capsys):
+    """``diffrecon config MODALITY --simulate`` prints the settings of ``simulate`` as
+    commented TOML, which ``simulate`` reads back as the defaults."""
+    assert main(["config", "cdi", "--simulate"]) == 0
+    text = capsys.readouterr().out
+    assert "# 2D pattern or 3D intensity volume\ndimensions = 2\n" in text
+    Path("cdi.toml").write_text(text)
+    simulator, settings = api.simulation_settings("cdi.toml")
+    assert settings == CDISimulation() and simulator is simulators.get("cdi")
+    assert one_error(capsys, main(["config", "cdj", "--simulate"])).endswith("did you mean 'cdi'?")
+
+
+def test_simulate_takes_a_training_config_s_simulation(capsys):
+    """``simulate learn_ptycho.toml``: the scan the network is trained for (its [simulation]
+    over the training defaults), with ``--set`` on top; a CDI training config has none."""
+    _, settings = api.simulation_settings(LEARN_PTYCHO, overrides=["scan_points=9"])
+    assert settings == dataclasses.replace(load_train_config(LEARN_PTYCHO).simulation,
+                                           scan_points=9)
+    assert main(["simulate", str(LEARN_PTYCHO), "--set", "scan_points=9", "--out", "s.cxi"]) == 0
+    assert capsys.readouterr().out.strip() == "wrote s.cxi: 9 patterns of (32, 32)"
+    err = one_error(capsys, main(["simulate", str(LEARN_PTYCHO.parent / "learn_cdi.toml"),
+                                  "--out", "s.cxi"]))
+    assert "training config of modality 'cdi' holds no scan to simulate" in err
+
+
+def test_simulate_reports_a_volume_as_a_volume(capsys):
+    """A 3D CDI volume is one measurement, not a stack of patterns; inspect's ratios read
+    'label: value'."""
+    assert main(["simulate", "--modality", "cdi", "--set", "dimensions=3", "--set",
+                 "array_px=16", "--set", "object_px=6", "--out", "vol.cxi"]) == 0
+    assert capsys.readouterr().out.strip() == "wrote vol.cxi: a 16 x 16 x 16 volume"
+    assert main(["inspect", "vol.cxi", "--modality", "cdi"]) == 0
+    assert re.search(r"\noverdetermination: \d", capsys.readouterr().out)
 
 
 def test_inspect_summarises_and_validates(good_file, capsys):
@@ -264,3 +308,37 @@ def test_errors_are_clean_without_quiet(good_file, capsys):
     """Without -q, info logging is on: the error is still one line and no traceback."""
     err = one_error(capsys, main(["reconstruct", str(good_file), "--set", "recon.epoch=3"]))
     assert "did you mean 'epochs'" in err
+
+
+# --- help and warnings ----------------------------------------------------------------------
+
+
+def test_every_argument_has_a_help_text(capsys):
+    subcommands = next(a for a in _parser()._actions if a.dest == "command").choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            assert action.help, f"diffrecon {name} {action.dest}: no help text"
+    with pytest.raises(SystemExit):
+        main(["reconstruct", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a CXI or plain HDF5 file" in text and "(.npy, .npz, .tif/.tiff" in text
+    assert "a TOML/JSON description, or a folder holding fp.toml or fp.json" in text
+
+
+def test_warnings_print_as_one_clean_line(capsys):
+    """A distance in millimetres (1000x too far): the scan check's ScanWarning prints as one
+    'diffrecon: warning:' line, without Python's location and source line, and the Python
+    API's warning display is left as it was."""
+    data = diffrecon.simulate(overrides=["scan_points=30", "frame_px=32", "distance_m=1.0",
+                                         "probe.numerical_aperture=8e-4",
+                                         "probe.defocus_m=6e-4"])
+    cxi.save(dataclasses.replace(data, probe_guess=data.truth.probe, distance_m=1e3), "mm.cxi")
+    shown = warnings.showwarning
+    assert main(["-q", "reconstruct", "mm.cxi", "--set", "recon.epochs=1", "--set",
+                 "log.tensorboard=false", "--set", "log.report=false"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("diffrecon: warning: mm.cxi: 'entry_1/sample_1/geometry_1/"
+                          "translation': neighbouring scan positions are on average ")
+    assert len(err.splitlines()) == 1 and "check the units" in err
+    assert "warnings.warn(" not in err and "ScanWarning" not in err
+    assert warnings.showwarning is shown

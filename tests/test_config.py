@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 import diffrecon
+from diffrecon import api
 from diffrecon import config as cfg
 from diffrecon.config import tomllib  # tomli before Python 3.11
 from diffrecon.errors import ConfigError
-from diffrecon.models.base import ParamSpec
-from diffrecon.models.ptycho import PtychoConfig
+from diffrecon.learn.train import load_train_config
+from diffrecon.models.base import ParamSpec, models
+from diffrecon.models.ptycho import Ptycho, PtychoConfig
 from diffrecon.runconfig import RunConfig, build_config, config_to_dict, config_to_toml, load_config
 
 # --- unknown keys ---------------------------------------------------------------------------
@@ -203,9 +208,56 @@ def test_default_config_is_commented_toml():
     text = diffrecon.default_config("ptycho")
     values = tomllib.loads(text)
     assert values["modality"] == "ptycho"
-    assert {"model", "loss", "algorithm", "recon", "log"} <= set(values)
+    assert {"model", "params", "loss", "algorithm", "recon", "log"} <= set(values)
     assert "# passes over all patterns" in text
-    assert build_config(values) == build_config(modality="ptycho")
+    loaded = build_config(values)
+    assert dataclasses.replace(loaded, params={}) == build_config(modality="ptycho")
+
+
+def test_default_config_lists_the_model_s_parameter_defaults(small_ptycho, tmp_path):
+    """``diffrecon config ptycho`` holds a ``[params.<name>]`` table per parameter with the
+    model's defaults; a learning rate set from the data is left out, its rule noted; loaded
+    back, the plan of a model is its default plan."""
+    text = diffrecon.default_config("ptycho")
+    positions = text.split("[params.positions]\n")[1].split("\n\n")[0]
+    assert "# refine this parameter at all\nenabled = false" in positions
+    assert 'optimizer = "sgd"' in positions and "start = 10" in positions
+    assert ("# lr left out: 0.005 x the starting probe's peak amplitude (set from the data)\n"
+            "[params.probe]\n") in text
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    loaded = load_config(path)
+    assert loaded.params["positions"].enabled is False and loaded.params["probe"].lr is None
+    model = Ptycho.from_data(small_ptycho, loaded.model)
+    defaults = model.param_specs()
+    assert loaded.param_specs(defaults) == defaults
+    assert defaults["probe"].lr == 0.005 * float(model.probe.detach().abs().max())
+
+
+@pytest.mark.parametrize("modality", diffrecon.list_models())
+def test_every_modality_s_default_config_loads_with_its_parameters(modality):
+    values = tomllib.loads(diffrecon.default_config(modality))
+    model_cls = models.get(modality)
+    run = build_config(values)
+    assert set(run.params) == set(model_cls.param_defaults(run.model))
+    for name in model_cls.lr_scales:
+        assert name not in values["params"] or "lr" not in values["params"][name]
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.toml"))
+RUN_SECTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {"modality"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_every_experiment_config_loads(path):
+    """Run configs, training configs and simulation configs each through their loader."""
+    keys = set(cfg.load_toml(path))
+    if api.TRAINING_SECTIONS & keys:
+        load_train_config(path)
+    elif RUN_SECTIONS & keys:
+        load_config(path)
+    else:
+        api.simulation_settings(path)
 
 
 def test_default_run_config_round_trips_through_toml(tmp_path):

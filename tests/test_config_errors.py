@@ -21,11 +21,12 @@ from diffrecon import config as cfg
 from diffrecon.cli import main
 from diffrecon.config import doc
 from diffrecon.data import cxi
-from diffrecon.errors import ConfigError, DataFormatError
+from diffrecon.errors import ConfigError, DataFormatError, DiffreconError, RunFolderError
+from diffrecon.learn.train import load_train_config
 from diffrecon.recon import callbacks
 from diffrecon.recon.checkpoint import load_checkpoint, save_checkpoint
 from diffrecon.runconfig import build_config, load_config
-from diffrecon.runfolder import RunFolder, RunFolderError
+from diffrecon.runfolder import RunFolder
 
 SCAN = ["scan_points=30", "frame_px=32", "distance_m=1.0", "probe.numerical_aperture=8e-4",
         "probe.defocus_m=6e-4"]
@@ -158,24 +159,57 @@ def test_resume_from_a_checkpoint_without_run_config(scans, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("override", "key", "expected"),
+    ("modality", "override", "key", "expected"),
     [
-        ("recon.epochs=0", "recon.epochs", "an integer >= 1"),
-        ("recon.epochs=-1", "recon.epochs", "an integer >= 1"),
-        ("recon.batch_size=-4", "recon.batch_size", "an integer >= 0"),
-        ("model.probe_modes=0", "model.probe_modes", "an integer >= 1"),
-        ("params.object.lr=-1", "params.object.lr", "a number >= 0"),
-        ("params.probe.lr=nan", "params.probe.lr", "a number >= 0"),
-        ("params.positions.every=0", "params.positions.every", "an integer >= 1"),
-        ("log.image_every=0", "log.image_every", "an integer >= 1"),
-        ("recon.device=gpu", "recon.device", "a torch device: cpu, cuda, cuda:<index> (e.g. "
-                                              "cuda:1) or mps"),
+        ("ptycho", "recon.epochs=0", "recon.epochs", "an integer >= 1"),
+        ("ptycho", "recon.epochs=-1", "recon.epochs", "an integer >= 1"),
+        ("ptycho", "recon.batch_size=-4", "recon.batch_size", "an integer >= 0"),
+        ("ptycho", "model.probe_modes=0", "model.probe_modes", "an integer >= 1"),
+        ("ptycho", "params.object.lr=-1", "params.object.lr", "a number >= 0"),
+        ("ptycho", "params.probe.lr=nan", "params.probe.lr", "a number >= 0"),
+        ("ptycho", "params.positions.every=0", "params.positions.every", "an integer >= 1"),
+        ("ptycho", "log.image_every=0", "log.image_every", "an integer >= 1"),
+        ("ptycho", "recon.device=gpu", "recon.device",
+         "a torch device: cpu, cuda, cuda:<index> (e.g. cuda:1) or mps"),
+        ("ptycho", "model.padding_px=-1", "model.padding_px", "an integer >= 0"),
+        ("ptycho", "model.object_amplitude_max=0", "model.object_amplitude_max", "a number > 0"),
+        ("cdi", "model.support_threshold=1.5", "model.support_threshold", "a number in [0, 1]"),
+        ("cdi", "model.shrinkwrap_every=-1", "model.shrinkwrap_every", "an integer >= 0"),
+        ("multislice", "model.slice_thickness_m=0", "model.slice_thickness_m", "a number > 0"),
+        ("multislice", "model.convergence_mrad=-1", "model.convergence_mrad", "a number >= 0"),
+        ("fourier_ptycho", "model.zernike_max=3", "model.zernike_max", "an integer >= 4"),
+        ("fourier_ptycho", "model.numerical_aperture=-0.1", "model.numerical_aperture",
+         "a number > 0"),
+        ("fourier_ptycho", "model.upsampling=0", "model.upsampling", "an integer >= 1"),
+        ("fourier_ptycho_multislice", "model.slice_thickness_m=-1e-6", "model.slice_thickness_m",
+         "a number > 0"),
+        ("bragg", "model.rocking_step_deg=0", "model.rocking_step_deg", "a non-zero number"),
+        ("bragg", "model.shrinkwrap_stop=2", "model.shrinkwrap_stop", "a number in [0, 1]"),
+        ("bragg", "model.shrinkwrap_threshold=-0.1", "model.shrinkwrap_threshold",
+         "a number >= 0"),
+        ("ptycho_tomo", "model.atom_threshold=2", "model.atom_threshold", "a number in [0, 1]"),
+        ("ptycho", "algorithm.accumulate_batches=0", "algorithm.accumulate_batches",
+         "an integer >= 1"),
+        ("cdi", "algorithm.feedback=-0.5", "algorithm.feedback", "a number >= 0"),
+        ("ptycho", 'loss.regularizers=[{name = "tv", weight = -1.0}]',
+         "loss.regularizers[0].weight", "a number >= 0"),
     ],
 )
-def test_out_of_range_value_names_key_and_expectation(override, key, expected):
+def test_out_of_range_value_names_key_and_expectation(modality, override, key, expected):
     with pytest.raises(ConfigError) as info:
-        build_config(overrides=[override])
+        build_config(modality=modality, overrides=[override])
     assert f"config key '{key}': expected {expected}, found" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("modality", "override"),
+    [("cdi", "model.shrinkwrap_every=0"), ("ptycho_tomo", "model.depth_px=0"),
+     ("multislice", "model.soft_edge_px=0"), ("multislice", "model.convergence_mrad=0"),
+     ("fourier_ptycho", "model.zernike_hop_waves=0"), ("bragg", "model.rocking_step_deg=-0.01"),
+     ("ptycho", "model.object_amplitude_max=none"), ("ptycho", "algorithm.alpha=0")],
+)
+def test_documented_special_values_stay_valid(modality, override):
+    build_config(modality=modality, overrides=[override])
 
 
 def test_out_of_range_value_in_a_toml_file_names_the_file(tmp_path, capsys):
@@ -243,3 +277,9 @@ def test_a_single_override_string_is_one_override(scans):
     assert len(result.history["loss/total"]) == 1
     with pytest.raises(ConfigError, match=r"overrides: expected 'key=value' strings"):
         build_config(overrides=[("recon.epochs", 3)])
+    assert load_train_config(overrides="train.epochs=3").train.epochs == 3  # diffrecon.train
+
+
+def test_run_folder_error_is_one_of_ours_and_an_os_error():
+    assert issubclass(RunFolderError, DiffreconError) and issubclass(RunFolderError, OSError)
+    assert runfolder.RunFolderError is RunFolderError  # still importable from there

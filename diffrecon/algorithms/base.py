@@ -24,16 +24,14 @@ class AlgorithmConfig:
         "the number of epochs; the last count may be left out to fill recon.epochs)",
     )
     alpha: float | None = doc(
-        None, "PIE object step (ePIE alpha, default 1) or regularisation (rPIE, default 0.1)"
-    )
-    beta: float = doc(1.0, "PIE probe step/regularisation")
+        None, "PIE object step (ePIE alpha, default 1) or regularisation (rPIE, default 0.1)",
+        minimum=0)
+    beta: float = doc(1.0, "PIE probe step/regularisation", minimum=0)
     feedback: float | None = doc(
-        None, "HIO/OSS/DM/RAAR feedback parameter beta (default 0.9, RAAR 0.85)"
-    )
+        None, "HIO/OSS/DM/RAAR feedback parameter beta (default 0.9, RAAR 0.85)", minimum=0)
     accumulate_batches: int = doc(
         1, "gradient: sum the gradients of this many minibatches per update (memory of one "
-        "minibatch, update of several)"
-    )
+        "minibatch, update of several)", minimum=1)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import numpy as np
 
 from diffrecon import api
 from diffrecon.algorithms.recipe import scale_recipe
+from diffrecon.config import Overrides, override_list
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.results import write_results
 from diffrecon.errors import ConfigError
@@ -28,7 +29,7 @@ from diffrecon.recon.evaluation import truth_evaluator
 
 def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
           out: str | Path | None = None, resume: bool = False,
-          overrides: list[str] | tuple[str, ...] = ()) -> TrainResult:
+          overrides: Overrides = ()) -> TrainResult:
     """Train an inversion network on simulated data (see ``diffrecon.learn.train``)."""
     return _train(config, out=out, resume=resume, overrides=overrides)
 
@@ -47,7 +48,7 @@ def refine_overrides(modality: str, epochs: int) -> list[str]:
 def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, *,
           out: str | Path | None = None, refine: int = 0, finetune: int = 0,
           finetune_lr: float = 3e-6, config: str | Path | dict[str, Any] | None = None,
-          overrides: list[str] | tuple[str, ...] = ()) -> api.Result:
+          overrides: Overrides = ()) -> api.Result:
     """Predict the object of ``data`` with a trained network, optionally refine iteratively.
 
     Ptychography: every pattern of the scan is predicted and the patches are stitched. CDI
@@ -91,7 +92,8 @@ def infer(network: str | Path | TrainedNet, data: DiffractionData | str | Path, 
         seconds = inference.seconds
     if refine > 0:
         return api.reconstruct(data, modality, config, out=out,
-                               overrides=[*refine_overrides(modality, refine), *overrides],
+                               overrides=[*refine_overrides(modality, refine),
+                                          *override_list(overrides)],
                                initial=initial)
     results = model.results()
     metrics = (truth_evaluator(data.truth, data.positions_m)(model)

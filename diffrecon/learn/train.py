@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from diffrecon import config as cfg
-from diffrecon.config import doc
+from diffrecon.config import Overrides, doc
 from diffrecon.data.simulate import PtychoSimulation
 from diffrecon.errors import ConfigError
 from diffrecon.learn.cdi import CDISamples
@@ -100,15 +100,16 @@ class TrainConfig:
 
 
 def load_train_config(source: str | Path | dict[str, Any] | TrainConfig | None = None,
-                      overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A TrainConfig from a TOML path, a dict or an existing config, with ``--set`` overrides."""
+                      overrides: Overrides = ()) -> TrainConfig:
+    """A TrainConfig from a TOML path, a dict or an existing config, with ``--set`` overrides
+    (``key=value`` strings, or one such string)."""
     if isinstance(source, TrainConfig):
         values = cfg.to_dict(source)
     elif isinstance(source, (str, Path)):
         values = cfg.load_toml(source)
     else:
         values = copy.deepcopy(source or {})  # overrides edit nested tables in place
-    cfg.apply_overrides(values, list(overrides))
+    cfg.apply_overrides(values, overrides)
     # sections given in part keep the other defaults (e.g. the 32-pixel training frame)
     return cfg.from_dict(TrainConfig, merge_tables(cfg.to_dict(TrainConfig()), values))
 
@@ -274,7 +275,7 @@ class TrainResult:
 
 def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
           out: str | Path | None = None, resume: bool = False,
-          overrides: list[str] | tuple[str, ...] = (),
+          overrides: Overrides = (),
           initial: TrainedNet | None = None, data: PatchSet | None = None) -> TrainResult:
     """Train (or, with ``initial`` and unlabelled ``data``, fine-tune) an inversion network.
 
@@ -282,7 +283,7 @@ def train(config: str | Path | dict[str, Any] | TrainConfig | None = None, *,
         config: TOML path, dict or TrainConfig (see ``TrainConfig``).
         out: run folder (model.pt, checkpoint.pt, config.toml, tensorboard/); rank 0 only.
         resume: continue from ``out/checkpoint.pt``.
-        overrides: ``section.key=value`` strings.
+        overrides: ``section.key=value`` strings, or one such string.
         initial: start from this network (and its input scale and probe) instead of a new one.
         data: train on these patches instead of simulating (e.g. measured patterns without
             targets, with ``train.supervised_weight=0`` and ``train.physics_weight=1``).

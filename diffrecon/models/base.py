@@ -2,7 +2,8 @@
 
 ``forward(index) = measurement(propagator(exit_wave(index)), index)`` and is never overridden: a
 modality writes ``exit_wave``, picks its propagator and measurement, states how it starts from
-data (``from_data``) and how each parameter is optimised by default (``param_specs``).
+data (``from_data``) and how each parameter is optimised by default (``param_defaults``, from
+the model config alone, so that ``diffrecon config`` can list it without data).
 """
 
 from __future__ import annotations
@@ -52,16 +53,21 @@ class ParamSpec:
         return (epoch - self.start) % self.every == 0
 
 
+def _override(name: str) -> Any:
+    """A ParamOverride field: absent (None) by default, described as ParamSpec's ``name``."""
+    return doc(None, ParamSpec.__dataclass_fields__[name].metadata["doc"])
+
+
 @dataclasses.dataclass
 class ParamOverride:
     """Config-file overrides of a ParamSpec: only the keys given replace the model default."""
 
-    enabled: bool | None = None
-    lr: float | None = None
-    optimizer: Literal["adam", "sgd", "callback"] | None = None
-    start: int | None = None
-    stop: int | None = None
-    every: int | None = None
+    enabled: bool | None = _override("enabled")
+    lr: float | None = _override("lr")
+    optimizer: Literal["adam", "sgd", "callback"] | None = _override("optimizer")
+    start: int | None = _override("start")
+    stop: int | None = _override("stop")
+    every: int | None = _override("every")
 
     def apply(self, spec: ParamSpec) -> ParamSpec:
         changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -92,6 +98,11 @@ class ForwardModel(nn.Module):
     alignment: ClassVar[dict[str, bool]] = {}
     #: run-config defaults of this modality (nested TOML-like dict), under the user's config
     run_defaults: ClassVar[dict[str, Any]] = {}
+    #: parameters whose default learning rate scales with the data: name -> that scale in
+    #: words; ``param_defaults`` gives the factor, ``data_scales`` the scale
+    lr_scales: ClassVar[dict[str, str]] = {}
+    #: the model config (an instance of ``Config``)
+    config: Any
 
     def __init__(self, propagator: Propagator, measurement: Measurement) -> None:
         super().__init__()
@@ -164,9 +175,23 @@ class ForwardModel(nn.Module):
         one tilt per batch), or None for k-means clusters of ``positions`` (the default)."""
         return None
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        """Default optimisation plan for each named parameter."""
+    @classmethod
+    def param_defaults(cls, config: Any) -> dict[str, ParamSpec]:
+        """Default optimisation plan of each named parameter from the model ``config`` alone;
+        the ``lr`` of a parameter in ``lr_scales`` is a factor of its data scale."""
         raise NotImplementedError
+
+    def data_scales(self) -> dict[str, float]:
+        """The scale of each parameter in ``lr_scales``, from the data the model started from."""
+        return {}
+
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Default optimisation plan for each named parameter: ``param_defaults`` with the
+        learning rates of ``lr_scales`` times their ``data_scales``."""
+        specs = self.param_defaults(self.config)
+        scales = self.data_scales()
+        return {name: dataclasses.replace(spec, lr=spec.lr * scales[name])
+                if name in self.lr_scales else spec for name, spec in specs.items()}
 
     def named_fields(self) -> dict[str, nn.Parameter]:
         """Learnable tensors by canonical name (object, probe, positions, flux, ...)."""

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from diffrecon.config import doc
+from diffrecon.config import doc, nonzero
 from diffrecon.data.bragg import center_on_peak, read_geometry
 from diffrecon.data.container import DiffractionData
 from diffrecon.errors import DataFormatError
@@ -36,28 +36,34 @@ class BraggConfig(CDIConfig):
     support_threshold: float = doc(
         0.001, "initial support: autocorrelation threshold, fraction of its maximum (low: "
         "the phase of a strained crystal weakens its autocorrelation away from the centre; "
-        "at peak strain 1e-3, 0.003 left 9 % of the crystal outside, and HIO then fails)")
+        "at peak strain 1e-3, 0.003 left 9 % of the crystal outside, and HIO then fails)",
+        minimum=0, maximum=1)
     support_margin_px: float = doc(
-        2.0, "initial support: grown by about this many voxels (it must contain the crystal)")
+        2.0, "initial support: grown by about this many voxels (it must contain the crystal)",
+        minimum=0)
     shrinkwrap_threshold: float = doc(
-        0.2, "shrinkwrap threshold, fraction of the blurred modulus' RMS over the support")
+        0.2, "shrinkwrap threshold, fraction of the blurred modulus' RMS over the support",
+        minimum=0)
     shrinkwrap_start: float = doc(
         0.2, "first shrinkwrap update after this fraction of the epochs (HIO converges on "
-        "the loose initial support first)")
+        "the loose initial support first)", minimum=0, maximum=1)
     shrinkwrap_border_px: int = doc(
-        2, "a shrinkwrap update removes only voxels this close to the support edge (0: any)")
+        2, "a shrinkwrap update removes only voxels this close to the support edge (0: any)",
+        minimum=0)
     shrinkwrap_reference: Literal["max", "rms"] = doc(
         "rms", "shrinkwrap threshold relative to the max or the RMS inside the support")
     shrinkwrap_sigma_px: tuple[float, float] = doc(
         (2.0, 1.0), "shrinkwrap Gaussian sigma (start, end), voxels; decays geometrically")
     delta_deg: float | None = doc(None, "detector out-of-plane angle, degrees (none: file)")
     gamma_deg: float | None = doc(None, "detector in-plane angle, degrees (none: file or 0)")
-    rocking_step_deg: float | None = doc(None, "rocking step per frame, degrees (none: file)")
+    rocking_step_deg: float | None = doc(
+        None, "rocking step per frame, degrees (none: file)", check=nonzero)
     rocking_axis: str | None = doc(None, "rocking axis 'x' or 'y' (none: file or 'x')")
     crop_px: tuple[int, int, int] | None = doc(
         None, "crop/pad the volume to (D, H, W) around the peak (none: keep the shape)")
     center_peak: bool = doc(True, "move the brightest voxel to the array centre")
-    strain_erosion_px: int = doc(2, "lab voxels removed from the crystal edge for strain")
+    strain_erosion_px: int = doc(
+        2, "lab voxels removed from the crystal edge for strain", minimum=0)
 
 
 def geometry_of(data: DiffractionData, config: BraggConfig) -> BraggGeometry:

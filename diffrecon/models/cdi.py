@@ -41,9 +41,10 @@ Tensor = torch.Tensor
 @dataclasses.dataclass
 class CDIConfig:
     support_threshold: float = doc(
-        0.04, "initial support: autocorrelation threshold, fraction of its maximum"
-    )
-    support_margin_px: float = doc(1.0, "initial support: grown by about this many pixels")
+        0.04, "initial support: autocorrelation threshold, fraction of its maximum",
+        minimum=0, maximum=1)
+    support_margin_px: float = doc(
+        1.0, "initial support: grown by about this many pixels", minimum=0)
     support_from: Literal["auto", "autocorrelation", "illumination", "hologram",
                           "cross_term"] = doc(
         "auto", "initial support: from the pattern's autocorrelation; the footprint of the "
@@ -63,15 +64,18 @@ class CDIConfig:
         0.0, "known transmission added everywhere: 1 for Fresnel CDI of a thin sample in a "
         "finite beam (transmission = 1 + object, the unscattered beam is the reference)"
     )
-    shrinkwrap_every: int = doc(20, "update the support every n epochs (0: never)")
+    shrinkwrap_every: int = doc(
+        20, "update the support every n epochs (0: never)", minimum=0)
     shrinkwrap_threshold: float | None = doc(
         None, "shrinkwrap threshold, fraction of the max; none: 0.2, or 0.08 with a "
-        "transmission offset (transmission - 1 is faint where the sample is nearly clear)")
+        "transmission offset (transmission - 1 is faint where the sample is nearly clear)",
+        minimum=0, maximum=1)
     shrinkwrap_sigma_px: tuple[float, float] | None = doc(
         None, "shrinkwrap Gaussian sigma (start, end), pixels, decaying geometrically; none: "
         "(3, 0.5) in 2D, (3, 1) in 3D (fewer counts per voxel need a smoother support)"
     )
-    shrinkwrap_stop: float = doc(0.7, "freeze the support after this fraction of the epochs")
+    shrinkwrap_stop: float = doc(
+        0.7, "freeze the support after this fraction of the epochs", minimum=0, maximum=1)
 
 
 def initial_support(intensity: Tensor, valid: Tensor, threshold: float, margin_px: float = 2.0
@@ -121,6 +125,8 @@ class CDI(ForwardModel):
     """
 
     Config = CDIConfig
+    lr_scales = dict.fromkeys(("object", "reference"),
+                              "the starting object's RMS amplitude inside the support")
     needs_positions = False
     alignment: ClassVar[dict[str, bool]] = {"allow_twin": True}
     run_defaults: ClassVar[dict[str, Any]] = {
@@ -248,20 +254,25 @@ class CDI(ForwardModel):
         overdetermination = int(valid.sum()) / max(2 * support, 1)
         return (f"cdi:              {intensity.dim()}D, support estimate {support} pixels\n"
                 f"oversampling:     {oversampling:.3g} (array / support pixels)\n"
-                f"overdetermination:{overdetermination:.3g} "
+                f"overdetermination: {overdetermination:.3g} "
                 "(valid intensities / real unknowns, complex object)")
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        inside = self.object.detach()[self.support]
-        scale = float(inside.abs().square().mean().sqrt()) if inside.numel() else 1.0
+    @classmethod
+    def param_defaults(cls, config: CDIConfig) -> dict[str, ParamSpec]:
         specs = {
-            "object": ParamSpec(lr=0.01 * scale),
+            "object": ParamSpec(lr=0.01),
             "flux": ParamSpec(enabled=False, lr=0.01),
             "background": ParamSpec(enabled=False, lr=0.1),
         }
-        if self.reference is not None:
-            specs["reference"] = ParamSpec(enabled=False, lr=0.01 * scale)
+        # from_data makes a reference exactly then
+        if config.reference_file is not None or config.transmission_offset:
+            specs["reference"] = ParamSpec(enabled=False, lr=0.01)
         return specs
+
+    def data_scales(self) -> dict[str, float]:
+        inside = self.object.detach()[self.support]
+        scale = float(inside.abs().square().mean().sqrt()) if inside.numel() else 1.0
+        return {"object": scale, "reference": scale}
 
     def callbacks(self) -> list[Any]:
         from diffrecon.algorithms.cdi import Shrinkwrap

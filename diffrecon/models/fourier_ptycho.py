@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffrecon.config import doc
+from diffrecon.config import doc, positive
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.fpm import led_table
 from diffrecon.errors import ConfigError
@@ -49,29 +49,33 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class FourierPtychoConfig:
-    numerical_aperture: float | None = doc(None, "objective NA (none: the file's metadata)")
-    magnification: float | None = doc(None, "objective magnification (none: the file's)")
+    numerical_aperture: float | None = doc(
+        None, "objective NA (none: the file's metadata)", check=positive)
+    magnification: float | None = doc(
+        None, "objective magnification (none: the file's)", check=positive)
     upsampling: int | None = doc(
-        None, "object pixels per camera pixel (none: the least holding every LED's window)")
+        None, "object pixels per camera pixel (none: the least holding every LED's window)",
+        minimum=1)
     zernike_max: int = doc(
-        15, "Noll indices 4..zernike_max are fitted (piston and tilts are ambiguous)")
+        15, "Noll indices 4..zernike_max are fitted (piston and tilts are ambiguous)",
+        minimum=4)
     calibrate_leds: bool = doc(
         False, "calibrate the LED array pose (shift, rotation, height) every epoch from "
         "calibration_start: per-LED search of the best window offset, then a pose fit "
         "(single-LED images; the sample is assumed not to tilt the beam on the whole)")
-    calibration_start: int = doc(3, "epochs run before the first calibration")
+    calibration_start: int = doc(3, "epochs run before the first calibration", minimum=0)
     calibration_step_px: float = doc(
         1.0, "per-LED search step, spectrum pixels, halved every 8 epochs down to 1/4 of it "
-        "(the object restarts from the bright-field guess at each halving)")
+        "(the object restarts from the bright-field guess at each halving)", check=positive)
     calibrate_height: bool = doc(False, "calibrate the array height too (else the nominal)")
-    zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit")
+    zernike_fit_iterations: int = doc(10, "L-BFGS iterations of each Zernike fit", minimum=1)
     zernike_search_waves: float = doc(
         0.5, "before the first epoch, the Zernike fit starts from the best of a grid over "
         "Noll 4-8 at -s, 0, +s waves, each scored on the bright-field images with its own "
-        "object (0: start from zero; see diffrecon/models/fp_search.py)")
+        "object (0: start from zero; see diffrecon/models/fp_search.py)", minimum=0)
     zernike_hop_waves: float = doc(
         0.15, "basin-hopping step of the Zernike fit once every order is free, waves "
-        "(0: no hopping; see diffrecon/models/fp_pupil.py)")
+        "(0: no hopping; see diffrecon/models/fp_pupil.py)", minimum=0)
 
 
 @dataclasses.dataclass
@@ -145,6 +149,8 @@ class FourierPtycho(ForwardModel):
     alignment = {"remove_ramp": True}
     #: ePIE on small batches converges far faster than Adam here (bench_fp.py)
     run_defaults = {"algorithm": {"name": "epie"}, "recon": {"batch_size": 4}}
+    lr_scales = {"object": "the starting spectrum's RMS amplitude",
+                 "pupil": "the starting pupil's amplitude (from the bright-field counts)"}
 
     def __init__(self, spectrum: Tensor, scope: Microscope, leds_m: Tensor, groups: Tensor,
                  height_m: float, amplitude: float, config: FourierPtychoConfig) -> None:
@@ -195,11 +201,11 @@ class FourierPtycho(ForwardModel):
                     torch.as_tensor(table.groups), float(data.distance_m), amplitude, config)
         return model.to(device)
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        scale = float(self.object.detach().abs().square().mean().sqrt())
+    @classmethod
+    def param_defaults(cls, config: FourierPtychoConfig) -> dict[str, ParamSpec]:
         return {
-            "object": ParamSpec(lr=0.05 * scale),
-            "pupil": ParamSpec(enabled=False, lr=0.02 * self.amplitude, start=10),
+            "object": ParamSpec(lr=0.05),
+            "pupil": ParamSpec(enabled=False, lr=0.02, start=10),
             # fitted once per epoch by L-BFGS, object held (ZernikeFit); "adam": per minibatch
             "aberrations": ParamSpec(lr=0.01, start=2, optimizer="callback"),
             "led_geometry": ParamSpec(enabled=False, lr=0.02, start=5),
@@ -208,6 +214,10 @@ class FourierPtycho(ForwardModel):
             "flux": ParamSpec(enabled=False, lr=0.01, start=10),
             "background": ParamSpec(enabled=False, lr=0.1, start=10),
         }
+
+    def data_scales(self) -> dict[str, float]:
+        return {"object": float(self.object.detach().abs().square().mean().sqrt()),
+                "pupil": self.amplitude}
 
     # --- physics --------------------------------------------------------------------------
     def led_positions(self) -> Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffrecon.config import doc
+from diffrecon.config import doc, positive
 from diffrecon.data.container import DiffractionData
 from diffrecon.models.base import ParamSpec, models
 from diffrecon.models.fourier_ptycho import FourierPtycho, FourierPtychoConfig
@@ -43,7 +43,8 @@ Tensor = torch.Tensor
 @dataclasses.dataclass
 class MultisliceFPConfig(FourierPtychoConfig):
     slices: int = doc(2, "number of object slices S")
-    slice_thickness_m: float = doc(5e-6, "distance between consecutive slices, metres")
+    slice_thickness_m: float = doc(
+        5e-6, "distance between consecutive slices, metres", check=positive)
     focus_m: float = doc(0.0, "focal plane relative to the last slice, metres (< 0: inside)")
 
 
@@ -53,6 +54,7 @@ class FourierPtychoMultislice(FourierPtycho):
     slices (real space); the other parameters are those of ``fourier_ptycho``."""
 
     Config = MultisliceFPConfig
+    lr_scales = {"pupil": FourierPtycho.lr_scales["pupil"]}
     run_defaults = {"algorithm": {"name": "gradient"}, "recon": {"batch_size": 16}}
 
     @classmethod
@@ -75,8 +77,9 @@ class FourierPtychoMultislice(FourierPtycho):
         model.register_buffer("x", (x / grid[1]).float(), persistent=False)
         return model.to(device)
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        specs = super().param_specs()
+    @classmethod
+    def param_defaults(cls, config: FourierPtychoConfig) -> dict[str, ParamSpec]:
+        specs = super().param_defaults(config)
         specs["object"] = ParamSpec(lr=0.02)
         return specs
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffrecon.config import doc
+from diffrecon.config import doc, positive
 from diffrecon.data.container import DiffractionData
 from diffrecon.models.base import ParamSpec, models
 from diffrecon.models.ptycho import (
@@ -55,7 +55,8 @@ Tensor = torch.Tensor
 @dataclasses.dataclass
 class MultisliceConfig(PtychoConfig):
     slices: int = doc(1, "number of object slices S (1: single-slice ptychography)")
-    slice_thickness_m: float = doc(2e-9, "distance between consecutive slices, metres")
+    slice_thickness_m: float = doc(
+        2e-9, "distance between consecutive slices, metres", check=positive)
     thickness_per_gap: bool = doc(False, "one learnable thickness per gap instead of one in all")
     object_kind: Literal["transmission", "phase"] = doc(
         "transmission", "complex transmission per slice, or a real phase sigma*v_z (radians)")
@@ -63,8 +64,9 @@ class MultisliceConfig(PtychoConfig):
     probe_model: Literal["pixels", "aberrations"] = doc(
         "pixels", "pixel-wise probe, or aperture * exp(-i chi) with learnable aberrations")
     convergence_mrad: float | None = doc(
-        None, "probe semi-angle, mrad (none: file metadata, else the bright-field disc)")
-    soft_edge_px: float = doc(1.0, "aperture edge width, reciprocal pixels")
+        None, "probe semi-angle, mrad (none: file metadata, else the bright-field disc)",
+        minimum=0)
+    soft_edge_px: float = doc(1.0, "aperture edge width, reciprocal pixels (0: hard)", minimum=0)
     defocus_m: float | None = doc(
         None, "initial C10, metres, > 0 = overfocus (none: file metadata, else 0)")
     aberrations_m: dict[str, float] = doc({}, "other initial Krivanek coefficients {C30 = ...}")
@@ -158,10 +160,11 @@ class Multislice(Ptycho):
                     convergence=convergence, electrons=electrons, aberrations_m=aberrations_m)
         return model.to(device)
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        specs = super().param_specs()
-        thick = self.object.shape[0] > 1
-        aberrated = self.config.probe_model == "aberrations"
+    @classmethod
+    def param_defaults(cls, config: MultisliceConfig) -> dict[str, ParamSpec]:
+        specs = super().param_defaults(config)
+        thick = config.slices > 1
+        aberrated = config.probe_model == "aberrations"
         specs["probe"].enabled = not aberrated
         specs["aberrations"] = ParamSpec(enabled=aberrated, lr=0.05)
         specs["slice_thickness"] = ParamSpec(enabled=False, lr=2e-11, start=10)

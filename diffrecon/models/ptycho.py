@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffrecon.config import doc
+from diffrecon.config import doc, positive
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.scans import check_scan_sampling
 from diffrecon.models.base import ForwardModel, ParamSpec, models
@@ -52,11 +52,11 @@ class PtychoConfig:
         None, "near field with a divergent beam: focus-sample distance (Fresnel scaling)"
     )
     probe_modes: int = doc(1, "number of incoherent probe modes (mixed states)")
-    padding_px: int = doc(8, "object margin around the scan, pixels")
+    padding_px: int = doc(8, "object margin around the scan, pixels", minimum=0)
     subpixel: bool = doc(True, "place the probe at sub-pixel positions (Fourier shift)")
     object_amplitude_max: float | None = doc(
-        None, "hard constraint |object| <= value after each step (1 for passive samples)"
-    )
+        None, "hard constraint |object| <= value after each step (1 for passive samples)",
+        check=positive)
 
 
 def detector_geometry(
@@ -178,6 +178,7 @@ class Ptycho(ForwardModel):
     """
 
     Config = PtychoConfig
+    lr_scales = {"probe": "the starting probe's peak amplitude"}
 
     def __init__(
         self, object_: Tensor, probe: Tensor, positions_px: Tensor, propagator: Propagator,
@@ -213,7 +214,8 @@ class Ptycho(ForwardModel):
         )
         return model.to(device)
 
-    def param_specs(self) -> dict[str, ParamSpec]:
+    @classmethod
+    def param_defaults(cls, config: PtychoConfig) -> dict[str, ParamSpec]:
         """Adam steps: the object 0.02 per update (transmission ~1); the probe a fraction of
         its peak amplitude, 0.005 in the far field, where the guess already has the measured
         far-field modulus and a trial-chosen curvature, and 0.02 in the near field, where it
@@ -221,15 +223,17 @@ class Ptycho(ForwardModel):
         NRMSE 0.023 instead of 0.030 after 100 epochs and <= 0.1 after 15 instead of 20
         epochs (420 x 128^2: 0.050 instead of 0.058 after 30); on the near-field set 0.005
         gave 0.096 against 0.055."""
-        probe_scale = float(self.probe.detach().abs().max())
-        probe_step = 0.005 if isinstance(self.propagator, FarField) else 0.02
+        probe_step = 0.005 if config.geometry == "far_field" else 0.02
         return {
             "object": ParamSpec(lr=0.02),
-            "probe": ParamSpec(lr=probe_step * probe_scale, start=1),
+            "probe": ParamSpec(lr=probe_step, start=1),
             "positions": ParamSpec(enabled=False, lr=1.0, optimizer="sgd", start=10),
             "flux": ParamSpec(enabled=False, lr=0.01, start=10),
             "background": ParamSpec(enabled=False, lr=0.1, start=10),
         }
+
+    def data_scales(self) -> dict[str, float]:
+        return {"probe": float(self.probe.detach().abs().max())}
 
     def initial_guesses(self, data: DiffractionData) -> list[tuple[str, dict[str, Tensor]]]:
         """Far field without a probe guess: probes of several sizes (defocus either way).

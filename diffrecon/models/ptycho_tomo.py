@@ -50,10 +50,12 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class PtychoTomoConfig(MultisliceConfig):
-    depth_px: int = doc(0, "volume depth D along the beam, voxels (0: the object width W)")
+    depth_px: int = doc(
+        0, "volume depth D along the beam, voxels (0: the object width W)", minimum=0)
     positivity: bool = doc(True, "clamp the potential at >= 0 after each step")
     atom_species: list[str] = doc(["Mo", "S"], "traced atoms: elements, strongest first")
-    atom_threshold: float = doc(0.2, "traced atoms: peaks above this fraction of the maximum")
+    atom_threshold: float = doc(
+        0.2, "traced atoms: peaks above this fraction of the maximum", minimum=0, maximum=1)
 
 
 def tilt_groups(data: DiffractionData) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +119,9 @@ class PtychoTomo(Multislice):
         model.set_tilt_series(torch.as_tensor(angles), torch.as_tensor(tilt_index))
         return model
 
-    def param_specs(self) -> dict[str, ParamSpec]:
-        specs = super().param_specs()
+    @classmethod
+    def param_defaults(cls, config: PtychoTomoConfig) -> dict[str, ParamSpec]:
+        specs = super().param_defaults(config)
         specs["object"] = ParamSpec(lr=1e-2)
         specs["tilts"] = ParamSpec(enabled=True, lr=2e-3, start=5)
         specs["shifts"] = ParamSpec(enabled=True, lr=0.05, start=10)

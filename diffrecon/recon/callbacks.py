@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffrecon.errors import ConfigError
+from diffrecon.errors import ConfigError, RunFolderError
 from diffrecon.recon.checkpoint import save_checkpoint
 from diffrecon.recon.reconstructor import Reconstructor
-from diffrecon.runfolder import RunFolder, RunFolderError
+from diffrecon.runfolder import RunFolder
 from diffrecon.tracking import Logger
 
 log = logging.getLogger("diffrecon")

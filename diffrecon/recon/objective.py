@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 class RegularizerConfig:
     name: str = doc("tv", "registered regularizer: tv, sparsity, amplitude_max")
     param: str = doc("object", "parameter it applies to")
-    weight: float = doc(1e-3, "weight relative to the likelihood of a whole scan")
+    weight: float = doc(1e-3, "weight relative to the likelihood of a whole scan", minimum=0)
 
 
 @dataclasses.dataclass
