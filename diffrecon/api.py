@@ -150,7 +150,7 @@ def reconstruct(
             (ConfigError). A file that cannot be written there at the end goes to a folder in
             the temporary directory, and ``errors.RunFolderError`` says where.
         resume: a run folder (or checkpoint.pt) to continue from; its config is used, with
-            ``overrides`` on top (e.g. more epochs).
+            ``overrides`` on top (e.g. more epochs); ``config`` must then be None.
         overrides: ``section.key=value`` strings (or one such string), as ``--set`` on the
             command line.
         lazy: True reads the patterns from the file batch by batch (data larger than
@@ -167,6 +167,10 @@ def reconstruct(
     """
     state = checkpoint = None
     if resume is not None:
+        if config is not None:
+            raise ConfigError("a resumed run keeps the config of its run folder: give either "
+                              "a config (--config) or resume (--resume), and change settings of "
+                              "a resumed run with overrides (--set)")
         checkpoint = Path(resume) / "checkpoint.pt" if Path(resume).is_dir() else Path(resume)
         state = load_checkpoint(checkpoint)
         config = resumed_config(state, checkpoint, modality)

@@ -148,6 +148,16 @@ def test_resume_as_another_modality_says_which(scans, finished_run, capsys):
     assert "made with modality 'ptycho'" in err and "cannot be resumed as 'cdi'" in err
 
 
+def test_resume_with_a_config_file_is_refused_not_ignored(scans, finished_run, tmp_path,
+                                                          capsys):
+    """A resumed run keeps its folder's config; a --config given too used to be ignored."""
+    toml = tmp_path / "other.toml"
+    toml.write_text("[recon]\nepochs = 5\n")
+    err = cli_error(capsys, "reconstruct", str(scans["a"]), "--resume", str(finished_run),
+                    "--config", str(toml))
+    assert "give either a config (--config) or resume (--resume)" in err
+
+
 def test_resume_from_a_checkpoint_without_run_config(scans, tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {"net": {}, "epoch": 3})  # e.g. a training run
     with pytest.raises(DataFormatError, match=r"checkpoint\.pt: 'config': expected a checkpoint "
