@@ -337,3 +337,18 @@ def test_cdi_needs_one_illumination_of_the_data_shape() -> None:
     error = error_of(lambda: CDI.from_data(data, CDIConfig()))
     assert (error.key, error.found) == ("probe", "shape (2, 8, 8)")
     assert "(8, 8)" in error.expected
+
+
+def test_a_compression_filter_missing_here_is_named(tmp_path: Path, monkeypatch) -> None:
+    """Eiger data compressed with bitshuffle/LZ4 fail on the first read where the filter is
+    not installed; the check names the filter before that (gzip stands in, made unavailable)."""
+    path = plain(tmp_path / "eiger.h5")
+    with h5py.File(path, "a") as handle:
+        del handle["patterns"]
+        handle.create_dataset("patterns", data=np.full((4, 8, 8), 3.0), compression="gzip")
+    load_and_validate(path)  # readable while the filter is there
+    monkeypatch.setattr(h5py.h5z, "filter_avail", lambda code: code != h5py.h5z.FILTER_DEFLATE)
+    for lazy in (False, True):
+        error = error_of(lambda lazy=lazy: cxi.load(path, lazy=lazy))
+        assert error.key == "patterns" and "'deflate' filter" in error.found
+        assert "pip install hdf5plugin" in error.found

@@ -44,7 +44,7 @@ import numpy as np
 
 from diffrecon.data.checks import PROBE_EXPECTED, describe, positive, positive_pair, real_counts
 from diffrecon.data.container import DiffractionData, Truth
-from diffrecon.data.hdf5 import LazyPatterns, dataset, open_hdf5, read_array
+from diffrecon.data.hdf5 import LazyPatterns, check_filters, dataset, open_hdf5, read_array
 from diffrecon.data.results import atomic_hdf5, read_attr, write_array
 from diffrecon.data.scans import mean_nearest_step
 from diffrecon.errors import DataFormatError
@@ -97,6 +97,7 @@ def load(path: str | os.PathLike[str], *, lazy: bool = False,
             )
         key = fields["source_keys"]["patterns"]
         real_counts(src, key, handle[key].dtype)
+        check_filters(handle[key], src, key)
         shape = handle[key].shape
         if len(shape) not in (2, 3):
             raise DataFormatError(src, key, "an (N, H, W) or (H, W) array", f"shape {shape}")

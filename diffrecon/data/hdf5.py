@@ -40,8 +40,33 @@ def _reason(error: OSError) -> str:
     return (detail[1] if detail else text)[:80]
 
 
+def _register_plugins() -> None:
+    """Make the compression filters of ``hdf5plugin`` (bitshuffle, LZ4, Blosc, ...: Eiger and
+    other detector files) available to h5py when that package is installed; importing it
+    registers them."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
+
+
+def check_filters(node: h5py.Dataset, src: str, key: str) -> None:
+    """Raise DataFormatError when ``node`` is compressed with a filter HDF5 cannot load here,
+    before its first read fails with a bare h5py error."""
+    plist = node.id.get_create_plist()
+    for index in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(index)
+        if not h5py.h5z.filter_avail(code):
+            label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+            raise DataFormatError(
+                src, key, "data compressed with a filter HDF5 can load",
+                f"the '{label or 'unknown'}' filter (HDF5 filter id {code}), which is not "
+                "installed here (pip install hdf5plugin provides the usual detector filters)")
+
+
 def open_hdf5(path: str | os.PathLike[str]) -> h5py.File:
-    """``path`` opened read-only.
+    """``path`` opened read-only (with ``hdf5plugin``'s compression filters registered when
+    that package is installed).
 
     Raises:
         DataFormatError: with key ``<file>``: missing, a directory, not HDF5, truncated,
@@ -57,6 +82,7 @@ def open_hdf5(path: str | os.PathLike[str]) -> h5py.File:
             empty = os.path.getsize(src) == 0
             raise DataFormatError(src, "<file>", "an HDF5/CXI file",
                                   "an empty file" if empty else "not an HDF5 file")
+        _register_plugins()
         return h5py.File(src, "r")
     except OSError as error:
         raise DataFormatError(src, "<file>", "a readable HDF5 file", _reason(error)) from None
@@ -125,6 +151,7 @@ class LazyPatterns:
         try:
             expected = "the diffraction patterns (N, H, W)"
             self._dataset: h5py.Dataset = dataset(self._file, path, (key,), expected)[1]
+            check_filters(self._dataset, path, key)
         except DataFormatError:
             self._file.close()
             raise
