@@ -352,3 +352,29 @@ def test_a_compression_filter_missing_here_is_named(tmp_path: Path, monkeypatch)
         error = error_of(lambda lazy=lazy: cxi.load(path, lazy=lazy))
         assert error.key == "patterns" and "'deflate' filter" in error.found
         assert "pip install hdf5plugin" in error.found
+
+
+def test_numbers_written_as_text_are_read(tmp_path: Path) -> None:
+    """Some writers store attributes as strings: '8000' is 8000, '8 keV' stays an error."""
+    data = cxi.load(plain(tmp_path / "text.h5", energy_ev="8000", pixel_size_m=b"75e-6"))
+    assert data.energy_ev == pytest.approx(8000.0)
+    assert data.detector_pixel_size_m == (75e-6, 75e-6)
+
+
+def test_energy_and_wavelength_must_agree(tmp_path: Path) -> None:
+    error = error_of(lambda: cxi.load(plain(tmp_path / "both.h5", wavelength_m=1e-9)))
+    assert error.key == "@wavelength_m" and "or only one of the two" in error.expected
+    assert "8000 eV" in error.expected and error.found == "1e-09 m"
+    agreeing = cxi.load(plain(tmp_path / "same.h5", wavelength_m=1.549802e-10))
+    assert agreeing.wavelength_m == pytest.approx(1.549802e-10)
+
+
+@pytest.mark.parametrize(("content", "found"), [
+    (b"", "an empty file"), (b"not a pickle at all", "a damaged or truncated file of 19 bytes")])
+def test_a_damaged_checkpoint_is_described(tmp_path: Path, content: bytes, found: str) -> None:
+    from diffrecon.recon.checkpoint import load_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    error = error_of(lambda: load_checkpoint(tmp_path))
+    assert error.expected == "a checkpoint written by diffrecon"
+    assert error.found.startswith(found) and "\n" not in error.found

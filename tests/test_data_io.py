@@ -13,6 +13,7 @@ import torch
 
 import diffrecon
 from diffrecon.data import cxi
+from diffrecon.data.checks import DataWarning
 from diffrecon.data.container import DiffractionData, Truth
 from diffrecon.data.dataset import PatternBatches, prefetched, read_frames
 from diffrecon.data.results import read_results, write_results
@@ -109,7 +110,9 @@ def test_cxi_file_conventions(cxi_file: Path) -> None:
 
 def test_cxi_energy_in_ev_and_wavelength_key(cxi_file: Path) -> None:
     edit(cxi_file, entry_1__instrument_1__source_1__energy=np.float64(8000.0))
-    loaded = cxi.load(cxi_file)
+    with pytest.warns(DataWarning, match="energy 8000 without a units attribute, taken as "
+                                         "8000 eV"):
+        loaded = cxi.load(cxi_file)
     np.testing.assert_allclose(loaded.energy_ev, 8000.0, rtol=1e-6)
     assert "eV" in loaded.metadata["energy_note"]
     source = "entry_1/instrument_1/source_1/"

@@ -13,6 +13,11 @@ import numpy as np
 
 from diffrecon.errors import DataFormatError
 
+
+class DataWarning(UserWarning):
+    """A value in a data file that was read by a guess (e.g. an energy without units)."""
+
+
 #: what a probe guess must be (the data's frames fix H and W)
 PROBE_EXPECTED = "(H, W) or (M, H, W) complex with the frames' (H, W)"
 
@@ -53,13 +58,29 @@ def dtype_text(dtype: Any) -> str:
     return f"dtype {dtype}"
 
 
+def _parsed(value: Any) -> Any:
+    """A number written as text ('8000', b'75e-6') as that number; anything else unchanged."""
+    text = value
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "OSU":
+        text = value.ravel()[0]
+    if isinstance(text, bytes | np.bytes_):
+        text = text.decode("utf-8", errors="replace")
+    if isinstance(text, str):
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
 def positive(src: str, key: str, value: Any, expected: str) -> float:
-    """``value`` as a float: one positive finite number (or an array of copies of one).
+    """``value`` as a float: one positive finite number (or an array of copies of one); a
+    number written as text is read as that number.
 
     Raises:
         DataFormatError: naming ``key`` and what was found (a string, NaN, 0, an array...).
     """
-    array = np.asarray(value)
+    array = np.asarray(_parsed(value))
     if array.dtype.kind in "iuf" and array.size:
         flat = array.astype(np.float64).ravel()
         if np.all(flat == flat[0]) and math.isfinite(flat[0]) and flat[0] > 0:
@@ -68,8 +89,8 @@ def positive(src: str, key: str, value: Any, expected: str) -> float:
 
 
 def positive_pair(src: str, key: str, value: Any, expected: str) -> tuple[float, float]:
-    """A (y, x) pair of positive finite floats from one number or two."""
-    array = np.asarray(value)
+    """A (y, x) pair of positive finite floats from one number or two (or one as text)."""
+    array = np.asarray(_parsed(value))
     if array.dtype.kind in "iuf" and array.size in (1, 2):
         pair = np.broadcast_to(array.astype(np.float64).ravel(), (2,))
         if np.all(np.isfinite(pair)) and np.all(pair > 0):

@@ -37,12 +37,20 @@ Truth group (written by the simulator): datasets ``object``, optional ``probe`` 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import h5py
 import numpy as np
 
-from diffrecon.data.checks import PROBE_EXPECTED, describe, positive, positive_pair, real_counts
+from diffrecon.data.checks import (
+    PROBE_EXPECTED,
+    DataWarning,
+    describe,
+    positive,
+    positive_pair,
+    real_counts,
+)
 from diffrecon.data.container import DiffractionData, Truth
 from diffrecon.data.hdf5 import LazyPatterns, check_filters, dataset, open_hdf5, read_array
 from diffrecon.data.results import atomic_hdf5, read_attr, write_array
@@ -182,6 +190,9 @@ def _cxi_wavelength(handle: h5py.File, src: str, metadata: dict[str, str]) -> tu
         energy_j = value * (1000.0 if units.lower() == "kev" else 1.0) * ELEMENTARY_CHARGE_C
         if not units:
             metadata["energy_note"] = f"energy {value:g} > 1 taken as eV (CXI expects joules)"
+            warnings.warn(f"{src}: '{key}': energy {value:g} without a units attribute, taken "
+                          f"as {value:g} eV (CXI stores joules); give the dataset units='eV' "
+                          "or 'keV' to say which", DataWarning, stacklevel=4)
     elif units.lower() in ("", "j", "joule", "joules"):
         energy_j = value
     else:
@@ -204,16 +215,20 @@ def _read_plain(handle: h5py.File, src: str, truth: bool) -> dict[str, Any]:
     """The ``DiffractionData`` fields of a plain-HDF5 file (all but the patterns)."""
     attrs, keys = handle.attrs, dict(PLAIN_KEYS)
     dataset(handle, src, ("patterns",), "the diffraction patterns (N, H, W)")
-    if "wavelength_m" in attrs:
-        keys["wavelength_m"] = "@wavelength_m"
-        wavelength = positive(src, "@wavelength_m", attrs["wavelength_m"],
-                              "the wavelength in metres, a positive number")
-    elif "energy_ev" in attrs:
+    if "energy_ev" in attrs:
         keys["wavelength_m"] = "@energy_ev"
         energy = positive(src, "@energy_ev", attrs["energy_ev"],
                           "the photon energy in eV, a positive number")
         wavelength = HC_J_M / (energy * ELEMENTARY_CHARGE_C)
-    else:
+    if "wavelength_m" in attrs:
+        given = positive(src, "@wavelength_m", attrs["wavelength_m"],
+                         "the wavelength in metres, a positive number")
+        if "energy_ev" in attrs and abs(given / wavelength - 1) > 1e-3:
+            raise DataFormatError(
+                src, "@wavelength_m", f"the wavelength of @energy_ev = {energy:g} eV "
+                f"({wavelength:.6g} m), or only one of the two", f"{given:g} m")
+        keys["wavelength_m"], wavelength = "@wavelength_m", given
+    if "energy_ev" not in attrs and "wavelength_m" not in attrs:
         raise DataFormatError(
             src, "@wavelength_m", "root attribute wavelength_m or energy_ev", "neither"
         )

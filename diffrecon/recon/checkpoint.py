@@ -36,7 +36,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise DataFormatError(str(path), "<file>", "a checkpoint.pt from an earlier run",
                               "no such file")
+    size = path.stat().st_size
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataFormatError(str(path), "<file>", "a readable checkpoint", f"{error}") from None
+        detail = str(error).strip().splitlines()[0][:80] if str(error).strip() else ""
+        found = ("an empty file" if size == 0 else
+                 f"a damaged or truncated file of {size} bytes"
+                 + (f" (torch: {detail})" if detail else ""))
+        raise DataFormatError(str(path), "<file>", "a checkpoint written by diffrecon",
+                              found) from None
