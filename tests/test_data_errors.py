@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import diffrecon
 from diffrecon.cli import main
 from diffrecon.data import cxi, fpm
 from diffrecon.data.arrays import load_array
+from diffrecon.data.checks import DataWarning
 from diffrecon.data.container import DiffractionData
 from diffrecon.data.results import read_results
 from diffrecon.data.stem import STEMCalibration, read_array
@@ -378,3 +380,20 @@ def test_a_damaged_checkpoint_is_described(tmp_path: Path, content: bytes, found
     error = error_of(lambda: load_checkpoint(tmp_path))
     assert error.expected == "a checkpoint written by diffrecon"
     assert error.found.startswith(found) and "\n" not in error.found
+
+
+def test_detector_flag_values_are_reported(tmp_path: Path) -> None:
+    """Eiger writes 2^32 - 1 (2^16 - 1 in 16-bit mode) into bad or saturated pixels: trusted
+    pixels at the type's largest value get a warning with their number."""
+    counts = np.full((4, 8, 8), 3, np.uint32)
+    counts[1, 2, 3] = counts[2, 5, 5] = np.iinfo(np.uint32).max
+    path = plain(tmp_path / "eiger.h5", patterns=counts)
+    data = cxi.load(path, lazy=True)
+    with pytest.warns(DataWarning, match=r"2 trusted pixel values equal 4294967295, the "
+                                         r"largest uint32"):
+        data.validate()
+    data.patterns.close()  # type: ignore[attr-defined]
+    clean = plain(tmp_path / "clean.h5", patterns=np.full((4, 8, 8), 3, np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        load_and_validate(clean, lazy=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 
-from diffrecon.data.checks import PROBE_EXPECTED, dtype_text, positive, real_counts
+from diffrecon.data.checks import PROBE_EXPECTED, DataWarning, dtype_text, positive, real_counts
 from diffrecon.errors import DataFormatError
 
 #: bytes of float32 frames read, checked or converted at a time (``DiffractionData.blocks``)
@@ -257,9 +258,14 @@ class DiffractionData:
 
     def _check_counts(self) -> None:
         """Reject negative, NaN or Inf counts on valid pixels, and data without a single
-        count, in one pass that reads lazy sources in blocks."""
+        count, in one pass that reads lazy sources in blocks; warn (``DataWarning``) about
+        trusted pixels at the largest value of a 16- or 32-bit integer type, which detectors
+        write for bad or saturated pixels (Eiger: 2^16 - 1, 2^32 - 1)."""
         key = self.key("patterns")
-        counted = False
+        counted, flagged = False, 0
+        stored = _stored_dtype(self.patterns)
+        flag = (np.float32(np.iinfo(stored).max)
+                if stored.kind in "iu" and stored.itemsize >= 2 else None)
         for start, block in self.blocks():
             valid = self.frames_valid(start, start + block.shape[0])
             good = np.where(valid, block, 0)
@@ -276,6 +282,14 @@ class DiffractionData:
                     f"{good.min():.3g} in pattern {bad} (subtract background without clipping?)",
                 )
             counted = counted or bool(good.any())
+            if flag is not None:
+                flagged += int(np.count_nonzero(good == flag))
+        if flagged:
+            warnings.warn(
+                f"{self.source}: '{key}': {flagged} trusted pixel values equal "
+                f"{np.iinfo(stored).max}, the largest {stored}, which detectors write for bad "
+                "or saturated pixels; they are used as counts: mask those pixels if they are "
+                "flags", DataWarning, stacklevel=3)
         if not counted:
             raise DataFormatError(self.source, key, "some counts",
                                   "zero on every trusted pixel of every pattern")
